@@ -1,0 +1,239 @@
+"""The typed data set: per-user train/valid/test item sequences and item titles (§5.1).
+
+Layout of ``data/<name>/`` (the authors' release, see ``data/README.md``):
+``sequential_{train,valid,test}.txt`` (``uid item item ...``, 1-based "seq ids"),
+``{training,validation,testing}_dict.npy`` (0-based dicts, optional cross-check),
+``title_maps.npy`` (``seqid2title``/``recid2title``).
+
+Inside this package every item id is 0-based (seq id - 1); the surrogate adds 1 again so
+that index 0 can be padding. The ``.npy`` files are pickles: they are read with a
+restricted unpickler that only lets plain containers, strings, numbers and numpy arrays out.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REQUIRED_FILES = ("sequential_train.txt", "sequential_valid.txt", "sequential_test.txt", "title_maps.npy")
+DICT_FILES = {"train": "training_dict.npy", "valid": "validation_dict.npy", "test": "testing_dict.npy"}
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file and the fix."""
+
+
+_ALLOWED_GLOBALS = {
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "str"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("builtins", "bytes"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, source: Path) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            if module.startswith("numpy._core") and not hasattr(np, "_core"):
+                module = module.replace("numpy._core", "numpy.core")
+            return super().find_class(module, name)
+        raise DataError(
+            f"{self.source}: refusing to unpickle {module}.{name}; only plain containers, str, "
+            "int, float and numpy arrays/scalars may be stored in a data file. Re-create the file "
+            "with np.save of a plain dict, or use the authors' release."
+        )
+
+
+def load_pickled_npy(path: str | Path) -> Any:
+    """Load a ``.npy`` file that may hold a pickled object, allowing only safe types."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise DataError(f"{path}: not a .npy file ({e})") from e
+        if not dtype.hasobject:
+            arr = np.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+            return arr
+        try:
+            obj = _RestrictedUnpickler(f, path).load()
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a data error
+            raise DataError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from e
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    return obj
+
+
+def _read_sequences(path: Path) -> list[list[int]]:
+    """Read ``uid item item ...`` lines; returns 0-based item lists in line order."""
+    seqs: list[list[int]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                raise DataError(f"{path}:{lineno}: empty line; every user needs a line 'uid item ...'")
+            try:
+                uid, *items = (int(p) for p in parts)
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: non-integer token ({e})") from e
+            if uid != lineno:
+                raise DataError(
+                    f"{path}:{lineno}: user id {uid} on line {lineno}; users must be 1-based and in line order"
+                )
+            if any(i < 1 for i in items):
+                raise DataError(f"{path}:{lineno}: item ids are 1-based seq ids, found one < 1")
+            seqs.append([i - 1 for i in items])
+    return seqs
+
+
+@dataclass
+class RecData:
+    """One data set. Item ids are 0-based; ``titles[i]`` is item i's title."""
+
+    name: str
+    root: Path
+    train: list[list[int]]
+    valid: list[list[int]]
+    test: list[list[int]]
+    titles: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.titles)
+
+    @property
+    def n_train_interactions(self) -> int:
+        return sum(len(s) for s in self.train)
+
+    @property
+    def test_users(self) -> list[int]:
+        return [u for u, s in enumerate(self.test) if s]
+
+    @property
+    def valid_users(self) -> list[int]:
+        return [u for u, s in enumerate(self.valid) if s]
+
+    def subset_users(self, n: int | None) -> RecData:
+        """The first ``n`` users (all when ``n`` is None); item ids and titles unchanged."""
+        if n is None or n >= self.n_users:
+            return self
+        if n <= 0:
+            raise DataError(f"--max_users must be positive, got {n}")
+        return RecData(
+            self.name, self.root, self.train[:n], self.valid[:n], self.test[:n], self.titles,
+            {**self.meta, "max_users": n},
+        )
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            "train_interactions": self.n_train_interactions,
+            "valid_interactions": sum(len(s) for s in self.valid),
+            "test_interactions": sum(len(s) for s in self.test),
+            "valid_users": len(self.valid_users),
+            "test_users": len(self.test_users),
+        }
+
+
+def dataset_dir(data_dir: str | Path, data_name: str) -> Path:
+    return Path(data_dir) / data_name
+
+
+def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True) -> RecData:
+    """Load and validate ``<data_dir>/<data_name>/``; every problem is a :class:`DataError`."""
+    root = dataset_dir(data_dir, data_name)
+    if not root.is_dir():
+        raise DataError(
+            f"data set folder {root} does not exist. Put the authors' files under data/{data_name}/ "
+            f"(see data/README.md) or run `bash tools/setup.sh` to link data/games, or pass --data_dir."
+        )
+    missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
+    if missing:
+        raise DataError(
+            f"{root}: missing {', '.join(missing)}. Copy the complete data set folder from the "
+            "authors' release (see data/README.md)."
+        )
+    train = _read_sequences(root / "sequential_train.txt")
+    valid = _read_sequences(root / "sequential_valid.txt")
+    test = _read_sequences(root / "sequential_test.txt")
+    if not (len(train) == len(valid) == len(test)):
+        raise DataError(
+            f"{root}: user counts disagree: train {len(train)}, valid {len(valid)}, test {len(test)} lines; "
+            "the three sequential_*.txt files need one line per user each."
+        )
+
+    maps = load_pickled_npy(root / "title_maps.npy")
+    if not isinstance(maps, dict) or "seqid2title" not in maps:
+        raise DataError(f"{root / 'title_maps.npy'}: expected a dict with key 'seqid2title'")
+    seqid2title = {int(k): str(v) for k, v in maps["seqid2title"].items()}
+    n_items = max(seqid2title) if seqid2title else 0
+    item_map = root / "item_map.npy"
+    if item_map.is_file():
+        n_items = max(n_items, len(load_pickled_npy(item_map)))
+    max_seen = max((max(s) + 1 for part in (train, valid, test) for s in part if s), default=0)
+    n_items = max(n_items, max_seen)
+    missing_titles = [i for i in range(1, n_items + 1) if i not in seqid2title]
+    if missing_titles:
+        raise DataError(
+            f"{root / 'title_maps.npy'}: {len(missing_titles)} item(s) without a title "
+            f"(seq ids {missing_titles[:5]}...); every item id used must have an entry in 'seqid2title'."
+        )
+    titles = [seqid2title[i] for i in range(1, n_items + 1)]
+
+    if check_dicts:
+        for part, seqs in (("train", train), ("valid", valid), ("test", test)):
+            f = root / DICT_FILES[part]
+            if not f.is_file():
+                continue
+            d = load_pickled_npy(f)
+            if not isinstance(d, dict):
+                raise DataError(f"{f}: expected a pickled dict user -> item list")
+            for u, items in d.items():
+                u = int(u)
+                if u >= len(seqs) or [int(i) for i in items] != seqs[u]:
+                    raise DataError(
+                        f"{f}: user {u} disagrees with sequential_{part}.txt; the text and dict forms "
+                        "must hold the same interactions (re-export one from the other)."
+                    )
+            n_nonempty = sum(1 for s in seqs if s)
+            n_dict = sum(1 for v in d.values() if len(v))
+            if n_dict != n_nonempty:
+                raise DataError(
+                    f"{f}: {n_dict} users with items but sequential_{part}.txt has {n_nonempty}; "
+                    "the text and dict forms must agree."
+                )
+    return RecData(data_name, root, train, valid, test, titles)
