@@ -7,16 +7,24 @@
 
 Every example also carries ``user`` (0-based index into ``sequential_train.txt``) and the
 item ids (0-based) of its target(s).
+
+:func:`write_fewshot` writes the three alpaca JSON files of the fine-tuning stage and
+:func:`load_selection` reads a pruning result ``selected/{data}_{n}.pt``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
-from .data import RecData
+from .data import DataError, RecData
+from .io import LOG, cache_key, cached, manifest_path, read_json, write_json, write_manifest
 from .prompts import build_example, clean_title
 
 SPLITS = ("train", "valid", "test")
@@ -73,3 +81,136 @@ def build_examples(
         if ex is not None:
             out.append(ex)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot files for fine-tuning (the original ``code/finetune/data/gen_fewshot.py``)
+# --------------------------------------------------------------------------------------------
+
+
+def load_selection(path: str | os.PathLike, data: RecData) -> list[int]:
+    """The selected users (0-based indices) of ``selected/{data}_{n}.pt``, validated.
+
+    The file holds a plain list (or 1-D tensor) of user indices, loaded with
+    ``torch.load(weights_only=True)``. Its manifest ``<file>.json``, when present, must name
+    the same data set (``data_name``, top level or under ``params``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"selection file {path} not found; run the pruning stage first "
+            f"(code/prune/prune.sh {data.name} N) or pass --selected FILE "
+            "(use n_sample = number of users for full-data fine-tuning)"
+        )
+    mpath = manifest_path(path)
+    if mpath.is_file():
+        try:
+            manifest = read_json(mpath)
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{mpath}: unreadable manifest ({e})") from e
+        params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+        name = manifest.get("data_name", params.get("data_name"))
+        if name is not None and name != data.name:
+            raise DataError(
+                f"{path} was selected on data set {name!r} (see {mpath.name}) but the few-shot data "
+                f"set is {data.name!r}; pass the selection file of {data.name!r}"
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any load failure is a data error
+        raise DataError(f"{path}: cannot load the selection ({type(e).__name__}: {e})") from e
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() != 1 or obj.is_floating_point():
+            raise DataError(f"{path}: expected a 1-D integer tensor of user indices, got {tuple(obj.shape)} {obj.dtype}")
+        obj = obj.tolist()
+    if not isinstance(obj, (list, tuple)) or not all(isinstance(u, int) and not isinstance(u, bool) for u in obj):
+        raise DataError(f"{path}: expected a plain list of 0-based user indices (ints)")
+    users = [int(u) for u in obj]
+    if not users:
+        raise DataError(f"{path}: the selection is empty")
+    bad = [u for u in users if not 0 <= u < data.n_users]
+    if bad:
+        raise DataError(
+            f"{path}: user indices out of range for {data.name} ({data.n_users} users, 0-based): {bad[:5]}; "
+            "was the selection made for another data set or with --max_users?"
+        )
+    if len(set(users)) != len(users):
+        raise DataError(f"{path}: {len(users) - len(set(users))} duplicate user indices; a selection lists each user once")
+    return users
+
+
+def fewshot_paths(out_dir: str | os.PathLike, n_label: int | str) -> dict[str, Path]:
+    """``train/train-{n}.json``, ``valid/valid-{n}.json``, ``test/test.json`` under ``out_dir``."""
+    out = Path(out_dir)
+    return {
+        "train": out / "train" / f"train-{n_label}.json",
+        "valid": out / "valid" / f"valid-{n_label}.json",
+        "test": out / "test" / "test.json",
+    }
+
+
+def write_fewshot(
+    data: RecData,
+    selected_users: Sequence[int],
+    out_dir: str | os.PathLike,
+    tokenizer: Any,
+    cutoff_len: int = 512,
+    n_label: int | str | None = None,
+    *,
+    selection_file: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    max_test_users: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Write the alpaca JSON files (train / valid of the selected users, test of every test user).
+
+    - train: the selected users' last training item as target (in selection order);
+    - valid: the selected users that have a validation item;
+    - test: every user with test items, in user order (the first ``max_test_users`` when given).
+
+    Each file gets a manifest ``<file>.json`` (data set, n, selection, cutoff, base model); a
+    file whose manifest key is unchanged is kept (``overwrite`` rewrites it).
+    """
+    from .llm import model_id
+
+    users = [int(u) for u in selected_users]
+    n_label = len(users) if n_label is None else n_label
+    paths = fewshot_paths(out_dir, n_label)
+    test_users = data.test_users
+    if max_test_users is not None:
+        if max_test_users <= 0:
+            raise ValueError(f"max_test_users must be positive, got {max_test_users}")
+        test_users = test_users[:max_test_users]
+    sel_hash = cache_key({"users": users})
+    common = {
+        "data_name": data.name,
+        "n_users": data.n_users,
+        "cutoff_len": int(cutoff_len),
+        "base_model": model_id(base_model),
+        "prompt": "alpaca-v1",
+    }
+    plans = {
+        "train": ({**common, "split": "train", "n": str(n_label), "selection": sel_hash}, users),
+        "valid": ({**common, "split": "valid", "n": str(n_label), "selection": sel_hash}, users),
+        "test": ({**common, "split": "test", "max_test_users": max_test_users}, test_users),
+    }
+    for split, (key, split_users) in plans.items():
+        path = paths[split]
+        if not overwrite and cached(path, key):
+            LOG.info("%s: up to date, kept", path)
+            continue
+        examples = build_examples(data, split_users, split, tokenizer, cutoff_len, progress=progress)
+        write_json(path, examples)
+        write_manifest(
+            path, key,
+            data_name=data.name,
+            split=split,
+            n=str(n_label),
+            n_examples=len(examples),
+            selection_file=str(selection_file) if selection_file else None,
+            cutoff_len=int(cutoff_len),
+            base_model=model_id(base_model),
+        )
+        LOG.info("wrote %s (%d examples)", path, len(examples))
+    return paths

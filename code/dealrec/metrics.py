@@ -67,7 +67,7 @@ def topk_metrics(
         ideal_n = np.minimum(n_t, k).astype(int)
         idcg = np.cumsum(discount[:k])[ideal_n - 1]
         first = np.where(hits.any(1), hits.argmax(1), -1)
-        mrr = np.where(first >= 0, 1.0 / (first + 1.0), 0.0)
+        mrr = np.where(first >= 0, 1.0 / (np.abs(first) + 1.0), 0.0)
         out["Precision"].append(float(np.mean(n_hit / k)))
         out["Recall"].append(float(np.mean(n_hit / n_t)))
         out["NDCG"].append(float(np.mean(dcg / idcg)))

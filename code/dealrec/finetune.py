@@ -1,0 +1,308 @@
+"""LoRA fine-tuning of the LLM recommender (BIGRec's / alpaca-lora's ``finetune.py``, §4 of the paper).
+
+The recipe of the original: the alpaca prompt with the target title as the response, loss on
+the whole prompt (``train_on_inputs``), LoRA r=8/alpha=16 on ``q_proj``/``v_proj``, effective
+batch 128, lr 1e-4 with 20 warm-up steps, 50 epochs, evaluation on the validation prompts with
+early stopping (patience 5) and the best checkpoint kept, optionally warm-started from an
+alpaca-lora adapter (``resume_from_checkpoint``).
+
+Differences: fp32 on the CPU, bf16 (or fp16) on GPUs, 8/4-bit only on request
+(``prepare_model_for_kbit_training``); batches are padded on the right (positions then start
+at 0 for every example); an empty validation set switches evaluation and early stopping off.
+The Hugging Face Trainer writes its checkpoints to ``output_dir/checkpoints``; the final
+(best) adapter is written to ``output_dir`` only at the end, the manifest
+``output_dir/finetune_manifest.json`` last, so a folder with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import LOG, Timer, cache_key, file_hash, read_json, seed_everything, write_json
+from .llm import (
+    add_lora,
+    check_adapter,
+    default_dtype,
+    load_base_model,
+    load_tokenizer,
+    lora_config,
+    model_id,
+)
+from .prompts import tokenize_prompt
+
+MANIFEST = "finetune_manifest.json"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+@dataclass
+class FinetuneConfig:
+    """All parameters of one fine-tuning run (names as the original's command line)."""
+
+    train_file: str
+    output_dir: str
+    val_file: str | None = None
+    base_model: str | None = None
+    batch_size: int = 128  # effective batch = micro_batch_size * accumulation * world size
+    micro_batch_size: int = 4
+    num_epochs: float = 50
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    cutoff_len: int = 512
+    # Without val_file: that many training examples are held out for validation (0 = none);
+    # with val_file: at most that many validation examples are used (None = all).
+    val_set_size: int | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    train_on_inputs: bool = True
+    group_by_length: bool = True
+    eval_steps: int = 100
+    early_stopping_patience: int = 5
+    resume_from_checkpoint: str | None = None  # warm-start LoRA adapter folder
+    quantization: str | None = None  # None, '8bit' or '4bit' (GPU only)
+    seed: int = 0
+    sample: int = -1  # use a random `sample` training examples (-1: all), as the original
+    max_steps: int = -1  # > 0 stops after that many optimiser steps (demos, tests)
+    logging_steps: int = 8
+    keep_checkpoints: bool = False
+    overwrite: bool = False
+
+    def key(self) -> dict[str, Any]:
+        """The parameters that determine the adapter (for the manifest and reuse)."""
+        d = asdict(self)
+        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
+            d.pop(k)
+        d["base_model"] = model_id(self.base_model)
+        d["train_hash"] = file_hash(self.train_file) if Path(self.train_file).is_file() else None
+        d["val_hash"] = file_hash(self.val_file) if self.val_file and Path(self.val_file).is_file() else None
+        return d
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    manifest: dict[str, Any]
+    model: Any = None  # the trained PeftModel (None when the run was skipped as done)
+    tokenizer: Any = None
+
+
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _load_examples(path: str | None, what: str) -> list[dict[str, Any]]:
+    if not path:
+        return []
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--{what}_data_path {p}: no such file; run gen_fewshot.sh first")
+    rows = read_json(p)
+    if not isinstance(rows, list):
+        raise ValueError(f"{p}: expected a JSON list of {{instruction, input, output}} examples")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not all(k in r for k in ("instruction", "input", "output")):
+            raise ValueError(f"{p}: example {i} lacks instruction/input/output")
+    return rows
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Prompts tokenized once with :func:`dealrec.prompts.tokenize_prompt`."""
+
+    def __init__(self, examples: list[dict[str, Any]], tokenizer: Any, cutoff_len: int, train_on_inputs: bool):
+        self.items = [tokenize_prompt(tokenizer, ex, cutoff_len, train_on_inputs) for ex in examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.items[i]
+
+
+def split_data(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and validation examples after ``sample`` and ``val_set_size``."""
+    train = _load_examples(cfg.train_file, "train")
+    if not train:
+        raise ValueError(f"{cfg.train_file}: no training examples")
+    val = _load_examples(cfg.val_file, "val")
+    rng = random.Random(cfg.seed)
+    if cfg.sample > -1:
+        train = rng.sample(train, min(cfg.sample, len(train)))
+    if not cfg.val_file and cfg.val_set_size:
+        rng.shuffle(train)
+        val, train = train[: cfg.val_set_size], train[cfg.val_set_size:]
+    elif cfg.val_set_size is not None:
+        val = val[: cfg.val_set_size]
+    return train, val
+
+
+def _sampling_kwargs(group_by_length: bool) -> dict[str, Any]:
+    """transformers 5 renamed ``group_by_length`` to ``train_sampling_strategy``."""
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    if "train_sampling_strategy" in params:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
+def is_done(cfg: FinetuneConfig) -> bool:
+    m = Path(cfg.output_dir) / MANIFEST
+    if not m.is_file() or not all((Path(cfg.output_dir) / f).is_file() for f in ADAPTER_FILES):
+        return False
+    try:
+        return read_json(m).get("key") == cache_key(cfg.key())
+    except (OSError, ValueError):
+        return False
+
+
+def _save_adapter(model: Any, output_dir: Path) -> None:
+    """Write the adapter into a temporary folder, then move the files into ``output_dir``."""
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output_dir))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        names = sorted(p.name for p in tmp.iterdir())
+        # config last: a folder with adapter_config.json has its weights already
+        for name in sorted(names, key=lambda n: n == "adapter_config.json"):
+            os.replace(tmp / name, output_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(cfg: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune LoRA on ``cfg.train_file``; returns the trained model (rank 0 saves it)."""
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    out = Path(cfg.output_dir)
+    key = cfg.key()
+    if not cfg.overwrite and is_done(cfg):
+        LOG.info("%s: adapter with the same configuration exists, skipping training", out)
+        return FinetuneResult(out, read_json(out / MANIFEST))
+
+    world, local_rank = _dist_info()
+    ddp = world > 1
+    if cfg.micro_batch_size <= 0 or cfg.batch_size < cfg.micro_batch_size * world:
+        raise ValueError(
+            f"--batch_size {cfg.batch_size} must be at least --micro_batch_size {cfg.micro_batch_size} x "
+            f"{world} process(es)"
+        )
+    grad_acc = max(1, cfg.batch_size // (cfg.micro_batch_size * world))
+    if grad_acc * cfg.micro_batch_size * world != cfg.batch_size:
+        LOG.warning(
+            "effective batch is %d, not %d (micro %d x accumulation %d x %d processes)",
+            grad_acc * cfg.micro_batch_size * world, cfg.batch_size, cfg.micro_batch_size, grad_acc, world,
+        )
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    dtype = default_dtype(device)
+    seed_everything(cfg.seed)
+    lcfg = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+
+    train_ex, val_ex = split_data(cfg)
+    tokenizer = load_tokenizer(cfg.base_model, padding_side="right")
+    if cfg.resume_from_checkpoint:
+        check_adapter(cfg.resume_from_checkpoint, lcfg)
+    model = load_base_model(cfg.base_model, device, dtype=dtype, quantization=cfg.quantization)
+    if cfg.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    model = add_lora(model, lcfg, cfg.resume_from_checkpoint, trainable=True)
+    model.config.use_cache = False
+    if local_rank == 0:
+        model.print_trainable_parameters()
+
+    train_ds = TokenizedDataset(train_ex, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
+    val_ds = TokenizedDataset(val_ex, tokenizer, cfg.cutoff_len, cfg.train_on_inputs) if val_ex else None
+    has_eval = val_ds is not None and len(val_ds) > 0
+    if not has_eval:
+        LOG.warning("no validation examples: training without evaluation or early stopping")
+    steps_per_epoch = math.ceil(len(train_ds) / (cfg.micro_batch_size * grad_acc * world))
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_epochs)
+    eval_steps = max(1, min(cfg.eval_steps, total))
+    LOG.info(
+        "training on %d examples (%d validation), %d step(s)/epoch, %d step(s), accumulation %d, %s %s",
+        len(train_ds), len(val_ds or []), steps_per_epoch, total, grad_acc, device, dtype,
+    )
+
+    eval_kwargs: dict[str, Any] = (
+        {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps,
+         "load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False,
+         "save_total_limit": 1}
+        if has_eval
+        else {"eval_strategy": "no", "save_strategy": "no"}
+    )
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=grad_acc,
+        warmup_steps=cfg.warmup_steps,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        logging_steps=cfg.logging_steps,
+        optim="adamw_torch",
+        ddp_find_unused_parameters=False if ddp else None,
+        report_to="none",
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **_sampling_kwargs(cfg.group_by_length),
+        **eval_kwargs,
+    )
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if has_eval else []
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds if has_eval else None,
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=-100
+        ),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    with Timer() as t:
+        result = trainer.train()
+    model = trainer.model
+    model.eval()
+    history = trainer.state.log_history
+    manifest = {
+        "key": cache_key(key),
+        "config": asdict(cfg),
+        "params": key,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds or []),
+        "world_size": world,
+        "gradient_accumulation_steps": grad_acc,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "seconds": round(t.seconds, 1),
+        "log_history": history,
+    }
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        _save_adapter(model, out)
+        write_json(out / MANIFEST, manifest)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        LOG.info("adapter saved to %s (%d steps, %.0f s)", out, trainer.state.global_step, t.seconds)
+    return FinetuneResult(out, manifest, model, tokenizer)

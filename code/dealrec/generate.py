@@ -1,0 +1,320 @@
+"""Beam-search generation of the recommended title (BIGRec's ``inference_ddp.py``).
+
+:func:`generate` answers a list of alpaca examples with the text the model writes after
+``### Response:``: prompts are left-padded and batched by length (longest first, so that an
+out-of-memory error shows up at once); on a CUDA out-of-memory error the batch is halved (the
+number of beams never changes, unlike the original, which lowered the beam size).
+
+:func:`run_inference` is the script's body. Launched with ``torchrun --nproc_per_node N`` it
+splits the test users into N contiguous shards, gathers the answers once at the end and
+writes them in test-file order. Answers are appended per batch to
+``<result>.partial-rank{r}.jsonl``; a rerun with the same settings (any number of processes)
+skips the users already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .io import LOG, cache_key, cached, file_hash, manifest_path, read_json, write_json, write_manifest
+from .prompts import prompt_of
+
+RECORD_FIELDS = ("predict", "output", "user", "target_ids")
+
+
+def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int | None) -> list[list[int]]:
+    """Token ids of the inference prompts; over-long prompts lose their oldest tokens."""
+    out = []
+    for ex in examples:
+        ids = list(tokenizer(prompt_of(ex, with_output=False))["input_ids"])
+        if cutoff_len and len(ids) > cutoff_len:
+            ids = ids[-cutoff_len:]
+        out.append(ids)
+    return out
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``seqs`` padded on the left."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, n - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_config: Any) -> list[str]:
+    ids, mask = left_pad(seqs, tokenizer.pad_token_id)
+    device = _model_device(model)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    new = sequences[:, ids.shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    num_beams: int = 4,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    cutoff_len: int | None = 512,
+    progress: bool = True,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+) -> list[str]:
+    """The response text of every example, in input order.
+
+    ``on_batch(indices, texts)`` is called after each batch (for saving partial results).
+    """
+    from transformers import GenerationConfig
+
+    if not examples:
+        return []
+    if num_beams < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("num_beams, max_new_tokens and batch_size must be positive")
+    gen_config = GenerationConfig(
+        num_beams=num_beams,
+        num_return_sequences=1,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+    )
+    seqs = _encode(tokenizer, examples, cutoff_len)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    answers: list[str | None] = [None] * len(seqs)
+    pos, bs = 0, batch_size
+    bar = tqdm(total=len(order), desc="generate", disable=not progress, leave=False)
+    while pos < len(order):
+        idx = order[pos: pos + bs]
+        try:
+            texts = _generate_batch(model, tokenizer, [seqs[i] for i in idx], gen_config)
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            bs = max(1, bs // 2)
+            LOG.warning("CUDA out of memory: batch size lowered to %d (beams stay %d)", bs, num_beams)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        for i, t in zip(idx, texts):
+            answers[i] = t
+        if on_batch is not None:
+            on_batch(list(idx), texts)
+        pos += len(idx)
+        bar.update(len(idx))
+    bar.close()
+    return [a if a is not None else "" for a in answers]
+
+
+# ------------------------------------------------------------------------------------------
+# The inference run (single process or torchrun)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferenceConfig:
+    test_file: str
+    result_file: str
+    base_model: str | None = None
+    lora_weights: str | None = None  # None: the base model without adapter
+    num_beams: int = 4
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    max_test_users: int | None = None
+    cutoff_len: int = 512
+    quantization: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def key(self) -> dict[str, Any]:
+        from .llm import model_id
+
+        d = asdict(self)
+        for k in ("result_file", "overwrite", "progress", "batch_size"):
+            d.pop(k)
+        d["test_file"] = file_hash(self.test_file) if Path(self.test_file).is_file() else self.test_file
+        d["base_model"] = model_id(self.base_model)
+        if self.lora_weights:
+            w = Path(self.lora_weights) / "adapter_model.safetensors"
+            d["lora_weights"] = file_hash(w) if w.is_file() else str(self.lora_weights)
+        return d
+
+
+def read_test_file(path: str | os.PathLike, max_test_users: int | None = None) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--test_data_path {path}: no such file; run gen_fewshot.sh first")
+    rows = read_json(path)
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: expected a non-empty JSON list of test examples")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not all(k in r for k in ("instruction", "input", "output")):
+            raise ValueError(f"{path}: example {i} lacks instruction/input/output")
+    if max_test_users is not None:
+        rows = rows[:max_test_users]
+    return rows
+
+
+def dist_setup() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call created the process group)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        created = True
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world, device, created
+
+
+def _partial_files(result: Path) -> list[Path]:
+    return sorted(result.parent.glob(f"{result.name}.partial-rank*.jsonl"))
+
+
+def _read_partials(result: Path, n: int) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    for f in _partial_files(result):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if isinstance(rec, dict) and isinstance(rec.get("idx"), int) and 0 <= rec["idx"] < n:
+                    done[rec["idx"]] = rec
+    return done
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _load_model(cfg: InferenceConfig, device: torch.device) -> tuple[Any, Any]:
+    from .llm import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.base_model, padding_side="left")
+    model = load_base_model(cfg.base_model, device, quantization=cfg.quantization)
+    if cfg.lora_weights:
+        from peft import PeftModel
+
+        w = Path(cfg.lora_weights)
+        if not (w / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--lora_weights {w}: no adapter_config.json; is fine-tuning finished?")
+        model = PeftModel.from_pretrained(model, str(w))
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None) -> list[dict[str, Any]] | None:
+    """Answer every test example and write ``cfg.result_file``; returns the records on rank 0."""
+    import torch.distributed as dist
+
+    result = Path(cfg.result_file)
+    key = cfg.key()
+    rank, world, device, created = dist_setup()
+    try:
+        if not cfg.overwrite and cached(result, key):
+            LOG.info("%s: up to date, kept", result)
+            return read_json(result) if rank == 0 else None
+        rows = read_test_file(cfg.test_file, cfg.max_test_users)
+        n = len(rows)
+        pmanifest = result.with_name(result.name + ".partial.json")
+        if rank == 0:
+            stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or cfg.overwrite
+            if stale:
+                for f in _partial_files(result):
+                    f.unlink()
+                write_json(pmanifest, {"key": cache_key(key), "params": key})
+        _barrier(world)
+        done = _read_partials(result, n)
+        todo = [i for i in range(n) if i not in done]
+        shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
+        if rank == 0:
+            LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
+        if model is None or tokenizer is None:
+            model, tokenizer = _load_model(cfg, device)
+
+        part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
+        new: list[dict[str, Any]] = []
+
+        def save(batch_idx: list[int], texts: list[str]) -> None:
+            recs = []
+            for j, text in zip(batch_idx, texts):
+                i = shard[j]
+                rec = {"idx": i, "predict": text, "output": rows[i]["output"],
+                       "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
+                recs.append(rec)
+            new.extend(recs)
+            with open(part, "a", encoding="utf-8") as fh:
+                for rec in recs:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        generate(
+            model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
+            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save,
+        )
+        gathered: list[Any] = [new]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, new)
+        records = None
+        if rank == 0:
+            merged = dict(done)
+            for part_recs in gathered:
+                for rec in part_recs:
+                    if rec["idx"] in merged and rec["idx"] not in done:
+                        raise RuntimeError(f"example {rec['idx']} answered twice; sharding is broken")
+                    merged[rec["idx"]] = rec
+            missing = [i for i in range(n) if i not in merged]
+            if missing:
+                raise RuntimeError(f"{len(missing)} test examples without an answer (e.g. {missing[:5]})")
+            records = [{k: merged[i][k] for k in RECORD_FIELDS} for i in range(n)]
+            data_name = None
+            tm = manifest_path(cfg.test_file)
+            if tm.is_file():
+                data_name = read_json(tm).get("data_name")
+            write_json(result, records)
+            write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg))
+            for f in _partial_files(result):
+                f.unlink()
+            pmanifest.unlink(missing_ok=True)
+            n_empty = sum(1 for r in records if not r["predict"])
+            LOG.info("wrote %s (%d answers, %d empty)", result, n, n_empty)
+        _barrier(world)
+        return records
+    finally:
+        if created:
+            dist.destroy_process_group()

@@ -1,0 +1,232 @@
+"""Grounding the generated titles to items and scoring them (BIGRec's ``evaluate.py``).
+
+BIGRec grounds a generation in the item space by L2 distance between embeddings: the
+last-layer hidden state of the last token, computed by the *base* LLM (no adapter), of the
+generated text and of every item title; items are ranked by distance (closest first) and
+scored with Recall/NDCG/Precision/MRR@K (:func:`dealrec.metrics.topk_metrics`).
+
+Differences from the original:
+
+- The target of a test user is its own list of test item ids (``target_ids`` in the result
+  file), not a lookup of the target *titles* in a title -> id dict. In Games, 814 items share
+  their title with another item (366 titles); the dict kept one id per title, so for 448 items
+  a correct generation was scored against the wrong item id.
+- Embeddings are padded on the left with explicit position ids and the last *real* token is
+  taken via the attention mask, so a text's embedding does not depend on its batch (the
+  original's batches shifted the positions of padded texts).
+- Item titles are embedded as cleaned in the prompts (no newlines). Ties (items with the same
+  title have the same embedding) are broken by the lower item id.
+- An empty generation is a valid (bad) prediction: it is embedded as the end-of-sequence
+  token and counted in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataError, RecData
+from .generate import left_pad
+from .io import LOG, cache_key, cached, load_tensor, read_json, save_tensor, write_json, write_manifest
+from .metrics import DEFAULT_KS, format_table, topk_metrics
+from .prompts import clean_title
+
+POOLING = "last-token-v1"
+
+
+@torch.no_grad()
+def embed_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "embed",
+) -> torch.Tensor:
+    """[N, hidden] float32 (CPU): last-layer hidden state of each text's last real token.
+
+    Runs the decoder without the LM head; texts are sorted by length and left-padded with
+    position ids counted from each text's first real token.
+    """
+    if hasattr(model, "peft_config"):
+        raise ValueError("embed_texts needs the base model without a LoRA adapter (BIGRec grounds with the base LLM)")
+    backbone = getattr(model, "base_model", model)  # the decoder without the LM head
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    seqs = []
+    for t in texts:
+        ids = list(tokenizer(t)["input_ids"])
+        seqs.append(ids if ids else [eos])
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out: torch.Tensor | None = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start: start + batch_size]
+        ids, mask = left_pad([seqs[i] for i in idx], tokenizer.pad_token_id)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+        last = (mask * torch.arange(mask.shape[1], device=device)).argmax(1)
+        vec = hidden[torch.arange(len(idx), device=device), last].float().cpu()
+        if out is None:
+            out = torch.empty((len(seqs), vec.shape[1]), dtype=torch.float32)
+        out[torch.tensor(idx)] = vec
+    if out is None:
+        raise ValueError("embed_texts: no texts")
+    return out
+
+
+def titles_hash(titles: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in titles:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def item_embeddings(
+    base_model: str | os.PathLike | None,
+    data: RecData,
+    model: Any = None,
+    tokenizer: Any = None,
+    items: Sequence[int] | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Embeddings of the item titles (all, or ``items``), cached per model, data set and titles.
+
+    Cache: ``<dealrec cache>/embeddings/{data}-{key}.pt`` with a manifest beside it.
+    """
+    from .llm import cache_dir, default_dtype, load_base_model, load_tokenizer, model_id
+
+    ids = list(range(data.n_items)) if items is None else [int(i) for i in items]
+    titles = [clean_title(data.titles[i]) for i in ids]
+    dtype = next(model.parameters()).dtype if model is not None else default_dtype(device)
+    key = {"model": model_id(base_model), "data_name": data.name, "titles": titles_hash(titles),
+           "n": len(titles), "dtype": str(dtype), "pooling": POOLING}
+    path = cache_dir() / "embeddings" / f"{data.name}-{cache_key(key)}.pt"
+    if cached(path, key):
+        emb = load_tensor(path)
+        if emb.shape[0] == len(titles):
+            LOG.info("item embeddings: reused %s", path)
+            return emb
+    if model is None or tokenizer is None:
+        tokenizer = load_tokenizer(base_model)
+        model = load_base_model(base_model, device)
+    emb = embed_texts(model, tokenizer, titles, batch_size, progress, desc=f"{data.name} items")
+    save_tensor(path, emb)
+    write_manifest(path, key, shape=list(emb.shape))
+    LOG.info("item embeddings: %d x %d written to %s", emb.shape[0], emb.shape[1], path)
+    return emb
+
+
+def rank_items(gen_emb: torch.Tensor, item_emb: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """[N, min(k, items)] indices of the items closest (L2) to each generation, ties by lower index."""
+    k = min(k, item_emb.shape[0])
+    out = []
+    for s in range(0, gen_emb.shape[0], chunk):
+        d = torch.cdist(gen_emb[s: s + chunk].float(), item_emb.float(), p=2)
+        out.append(torch.sort(d, dim=1, stable=True).indices[:, :k])
+    return torch.cat(out) if out else torch.empty((0, k), dtype=torch.long)
+
+
+def read_results(result_file: str | os.PathLike, data: RecData) -> list[dict[str, Any]]:
+    """The records of an inference result file, checked against ``data``."""
+    path = Path(result_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file {path} not found; run inference.py first")
+    rows = read_json(path)
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"{path}: no predictions (expected a non-empty list of records)")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("predict"), str):
+            raise DataError(f"{path}: record {i} has no 'predict' text")
+        t = r.get("target_ids")
+        if not isinstance(t, list) or not t or not all(isinstance(x, int) for x in t):
+            raise DataError(
+                f"{path}: record {i} has no 'target_ids' (a list of item ids); result files of the original "
+                "code lack them, re-run inference on test files written by gen_fewshot.py"
+            )
+        if not all(0 <= x < data.n_items for x in t):
+            raise DataError(f"{path}: record {i} has target ids outside 0..{data.n_items - 1}; another data set?")
+        u = r.get("user")
+        if isinstance(u, int) and (not 0 <= u < data.n_users or list(data.test[u]) != t):
+            raise DataError(
+                f"{path}: record {i} (user {u}) does not match {data.name}'s test items; was it made for another "
+                "data set? pass the right --data_name"
+            )
+    return rows
+
+
+def metrics_path(result_file: str | os.PathLike) -> Path:
+    p = Path(result_file)
+    return p.with_name(p.stem + ".metrics.json")
+
+
+def evaluate_results(
+    result_file: str | os.PathLike,
+    data: RecData,
+    base_model: str | os.PathLike | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    max_items: int | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Ground the generations of ``result_file``, score them and write ``<result>.metrics.json``.
+
+    ``max_items`` (demos only) ranks among items ``0..max_items-1`` plus every target item
+    instead of the whole catalogue; the report says so and the figures are not comparable.
+    """
+    from .llm import load_base_model, load_tokenizer, model_id
+
+    rows = read_results(result_file, data)
+    ks = sorted(int(k) for k in ks)
+    if model is None or tokenizer is None:
+        tokenizer = load_tokenizer(base_model)
+        model = load_base_model(base_model, device)
+    targets = [r["target_ids"] for r in rows]
+    items = None
+    if max_items is not None and max_items < data.n_items:
+        items = sorted(set(range(max_items)) | {i for t in targets for i in t})
+    item_ids = torch.arange(data.n_items) if items is None else torch.tensor(items)
+    item_emb = item_embeddings(base_model, data, model, tokenizer, items, batch_size, device, progress)
+    texts = [r["predict"].strip().strip('"') for r in rows]
+    gen_emb = embed_texts(model, tokenizer, texts, batch_size, progress, desc="generations")
+    ranked = item_ids[rank_items(gen_emb, item_emb, max(ks))]
+    m = topk_metrics(ranked.numpy(), targets, ks)
+    title_set = {clean_title(t) for t in data.titles}
+    n_exact = sum(1 for t in texts if t in title_set)
+    n_empty = sum(1 for t in texts if not t)
+    report: dict[str, Any] = {
+        "result_file": str(result_file),
+        "data_name": data.name,
+        "base_model": model_id(base_model),
+        "ks": ks,
+        "Recall": m["Recall"],
+        "NDCG": m["NDCG"],
+        "Precision": m["Precision"],
+        "MRR": m["MRR"],
+        "n_users": m["n_users"],
+        "n_predictions": len(rows),
+        "n_empty": n_empty,
+        "exact_title_share": n_exact / len(rows),
+        "n_items_ranked": int(item_ids.numel()),
+        "catalogue": "all items" if items is None else f"restricted to {len(items)} items (demo; not comparable)",
+        "pooling": POOLING,
+        "distance": "L2",
+    }
+    if write:
+        write_json(metrics_path(result_file), report)
+    LOG.info("%s\n%s", result_file, format_table(m, ks))
+    if n_empty:
+        LOG.warning("%d of %d generations are empty", n_empty, len(rows))
+    return report

@@ -1,0 +1,29 @@
+"""The selection stage (DEALRec §4.3): pure functions from per-sample scores to selected indices.
+
+- :mod:`.scoreset`: :class:`ScoreSet`, the scores a strategy may use, and the eligible mask;
+- :mod:`.coverage`: Eq. 13 (:func:`overall_score`) and coverage-enhanced selection
+  (:func:`coverage_select`) returning a :class:`SelectionResult`;
+- :mod:`.strategies`: the registry (``dealrec``, ablations and baselines);
+- :mod:`.plot`: :func:`plot_selection` (matplotlib is imported only when plotting).
+"""
+
+from .coverage import SelectionResult, coverage_select, minmax, overall_score, stratum_budgets
+from .plot import plot_selection
+from .scoreset import SCORE_SOURCES, MissingScoreError, ScoreSet
+from .strategies import STRATEGIES, get_strategy, register_strategy, run_strategy
+
+__all__ = [
+    "SCORE_SOURCES",
+    "STRATEGIES",
+    "MissingScoreError",
+    "ScoreSet",
+    "SelectionResult",
+    "coverage_select",
+    "get_strategy",
+    "minmax",
+    "overall_score",
+    "plot_selection",
+    "register_strategy",
+    "run_strategy",
+    "stratum_budgets",
+]

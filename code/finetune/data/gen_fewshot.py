@@ -1,0 +1,69 @@
+"""Write the few-shot fine-tuning files of a data set (the original ``gen_fewshot.py``).
+
+    python gen_fewshot.py --data_name games --n_sample 1024
+
+reads the selection ``code/prune/selected/{data}_{n}.pt`` (``--n_sample`` equal to the number
+of users means all users: full-data fine-tuning, no selection file) and writes
+``<out_dir>/train/train-{n}.json``, ``<out_dir>/valid/valid-{n}.json`` and
+``<out_dir>/test/test.json`` (every test user) with a manifest ``<file>.json`` each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dealrec.data import DataError, load_dataset
+from dealrec.fewshot import load_selection, write_fewshot
+from dealrec.io import setup_logging
+from dealrec.llm import ModelError, load_tokenizer
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=str(REPO / "data"), help="folder holding <data_name>/ (default: repo data/)")
+    p.add_argument("--data_name", default="games")
+    p.add_argument("--n_sample", type=int, default=1024, help="number of selected users (the file label)")
+    p.add_argument("--selected", default=None, help="selection file (default code/prune/selected/{data}_{n}.pt)")
+    p.add_argument("--base_model", default=None, help="tokenizer for truncation (default: the embedded model)")
+    p.add_argument("--cutoff_len", type=int, default=512)
+    p.add_argument("--max_test_users", type=int, default=None, help="only the first N test users")
+    p.add_argument("--out_dir", default=None, help="default: code/finetune/data/<data_name>/")
+    p.add_argument("--overwrite", action="store_true", help="rewrite files that are up to date")
+    p.add_argument("--log_file", default=None)
+    a = p.parse_args(argv)
+
+    out_dir = Path(a.out_dir) if a.out_dir else HERE / a.data_name
+    log = setup_logging(a.log_file or out_dir / "gen_fewshot.log")
+    try:
+        data = load_dataset(a.data_dir, a.data_name)
+        selection_file = None
+        if a.n_sample == data.n_users and a.selected is None:
+            users = list(range(data.n_users))
+            log.info("n_sample = %d = all users: full-data fine-tuning", a.n_sample)
+        else:
+            selection_file = Path(a.selected) if a.selected else REPO / "code" / "prune" / "selected" / f"{a.data_name}_{a.n_sample}.pt"
+            users = load_selection(selection_file, data)
+            if len(users) != a.n_sample:
+                log.warning("%s holds %d users, --n_sample is %d (the files are labelled %d)",
+                            selection_file, len(users), a.n_sample, a.n_sample)
+        tokenizer = load_tokenizer(a.base_model)
+        paths = write_fewshot(
+            data, users, out_dir, tokenizer, a.cutoff_len, a.n_sample,
+            selection_file=selection_file, base_model=a.base_model, max_test_users=a.max_test_users,
+            overwrite=a.overwrite,
+        )
+    except (DataError, ModelError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

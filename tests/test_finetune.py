@@ -1,0 +1,125 @@
+"""LoRA fine-tuning on the embedded model: one real step, saving, reloading, evaluation path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from dealrec import llm
+from dealrec.data import load_dataset
+from dealrec.fewshot import build_examples
+from dealrec.finetune import MANIFEST, FinetuneConfig, TokenizedDataset, is_done, train
+from dealrec.io import read_json, write_json
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CUTOFF = 96
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (REPO / "data" / "games").is_dir(), reason="data/games not linked"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine two OpenMP threads thrash when a core is busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    data = load_dataset(REPO / "data", "games", check_dicts=False)
+    tok = llm.load_tokenizer(None)
+    tmp = tmp_path_factory.mktemp("ft")
+    train_ex = build_examples(data, range(4), "train", tok, CUTOFF, progress=False)
+    val_ex = build_examples(data, data.valid_users[:2], "valid", tok, CUTOFF, progress=False)
+    write_json(tmp / "train.json", train_ex)
+    write_json(tmp / "valid.json", val_ex)
+    write_json(tmp / "empty.json", [])
+    return tmp, train_ex
+
+
+def batch_of(examples, tok):
+    from transformers import DataCollatorForSeq2Seq
+
+    ds = TokenizedDataset(examples, tok, CUTOFF, True)
+    return DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt", label_pad_token_id=-100)(list(ds))
+
+
+@torch.no_grad()
+def loss_of(model, batch) -> float:
+    model.eval()
+    return float(model(**batch).loss)
+
+
+def test_one_step_trains_saves_and_reloads(files):
+    tmp, train_ex = files
+    cfg = FinetuneConfig(
+        train_file=str(tmp / "train.json"), val_file=str(tmp / "empty.json"), output_dir=str(tmp / "adapter"),
+        batch_size=4, micro_batch_size=4, max_steps=1, warmup_steps=0, learning_rate=2e-3, lora_dropout=0.0,
+        cutoff_len=CUTOFF, logging_steps=1, seed=0,
+    )
+    tok = llm.load_tokenizer(None, padding_side="right")
+    batch = batch_of(train_ex, tok)
+    base_loss = loss_of(llm.load_base_model(None), batch)  # = the LoRA initialisation (B = 0)
+
+    res = train(cfg)
+    out = Path(res.output_dir)
+    assert (out / "adapter_model.safetensors").is_file() and (out / MANIFEST).is_file()
+    assert not (out / "checkpoints").exists()
+    m = read_json(out / MANIFEST)
+    assert m["global_step"] == 1 and m["n_val"] == 0 and m["best_eval_loss"] is None
+    assert m["gradient_accumulation_steps"] == 1
+
+    lora_b = {n: p for n, p in res.model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # initialised at zero
+    trained_loss = loss_of(res.model, batch)
+    assert trained_loss < base_loss
+
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lora_B" in k for k in saved) and all(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
+
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(llm.load_base_model(None), str(out)).eval()
+    with torch.no_grad():
+        a = res.model(**batch).logits
+        b = reloaded(**batch).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert is_done(cfg)
+    # A rerun with the same configuration is skipped.
+    assert train(cfg).model is None
+
+
+def test_evaluation_early_stopping_and_best_model(files):
+    tmp, _ = files
+    cfg = FinetuneConfig(
+        train_file=str(tmp / "train.json"), val_file=str(tmp / "valid.json"), output_dir=str(tmp / "adapter_eval"),
+        batch_size=2, micro_batch_size=2, max_steps=2, eval_steps=1, warmup_steps=0, learning_rate=1e-3,
+        cutoff_len=CUTOFF, sample=2, logging_steps=1,
+    )
+    res = train(cfg)
+    m = res.manifest
+    evals = [h["eval_loss"] for h in m["log_history"] if "eval_loss" in h]
+    assert len(evals) == 2 and m["n_val"] == 2 and m["n_train"] == 2
+    assert m["best_eval_loss"] == pytest.approx(min(evals))
+    assert (Path(cfg.output_dir) / "adapter_config.json").is_file()
+
+
+def test_bad_warm_start_adapter(files, tmp_path):
+    tmp, _ = files
+    bad = tmp_path / "warm"
+    bad.mkdir()
+    write_json(bad / "adapter_config.json", {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]})
+    (bad / "adapter_model.safetensors").write_bytes(b"")
+    cfg = FinetuneConfig(train_file=str(tmp / "train.json"), output_dir=str(tmp_path / "out"),
+                         resume_from_checkpoint=str(bad), max_steps=1, batch_size=4)
+    with pytest.raises(llm.ModelError, match="lora_r"):
+        train(cfg)
+    with pytest.raises(FileNotFoundError, match="gen_fewshot"):
+        train(FinetuneConfig(train_file=str(tmp_path / "missing.json"), output_dir=str(tmp_path / "o2")))
