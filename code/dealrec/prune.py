@@ -1,0 +1,336 @@
+"""The pruning pipeline (paper §4, Alg. 1): surrogate → influence → effort → selection.
+
+Each stage writes its output with a JSON manifest into ``score_dir`` and is reused when the
+manifest's key (the parameters that determine it) is unchanged; ``stage="all"`` runs what is
+missing. Selection only reads the cached scores, so another λ, k or strategy takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import RecData, load_dataset
+from .fewshot import build_examples
+from .io import (
+    LOG,
+    Timer,
+    cached,
+    file_hash,
+    load_tensor,
+    save_tensor,
+    tensor_hash,
+    write_json,
+    write_manifest,
+)
+from .llm import model_id
+from .scores.baselines import el2n_scores, grand_scores
+from .scores.effort import EffortConfig, EffortModel, effort_scores
+from .scores.influence import DEFAULT_PARAMS, InfluenceConfig, influence_scores
+from .select import ScoreSet, plot_selection, run_strategy
+from .surrogate import SURROGATES, SurrogateConfig, build_surrogate
+from .surrogate.samples import build_samples, sample_negatives
+from .surrogate.trainer import train_surrogate
+
+STAGES = ("surrogate", "influence", "effort", "baselines", "select", "all")
+STABLE = {"negatives": "expected", "effort_target": "base"}
+
+
+@dataclass
+class PruneConfig:
+    data_dir: str = "data"
+    data_name: str = "games"
+    surrogate: str = "SASRec"
+    score_dir: str | None = None  # default code/prune/scores/<data_name>
+    selected_dir: str = "selected"
+    stage: str = "all"
+    strategy: str = "dealrec"
+    lamda: float = 0.3
+    k: int = 50
+    hard_prune: float = 0.1
+    n_fewshot: int = 1024
+    seed: int = 42
+    max_users: int | None = None
+    device: str = "cpu"
+    # surrogate
+    surrogate_checkpoint: str | None = None
+    epochs: int = 200
+    batch_size: int = 500
+    lr: float = 1e-3
+    patience: int = 5
+    eval_every: int = 5
+    # influence
+    influence_params: tuple[str, ...] = DEFAULT_PARAMS
+    recursion_depth: int = 5000
+    iteration: int = 1
+    damp: float = 0.01
+    scale: float = 25.0
+    solver: str = "lissa"
+    negatives: str = "sampled"
+    # effort
+    base_model: str | None = None
+    resume_from_checkpoint: str | None = None
+    cutoff_len: int = 512
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    effort_target: str = "lora_B"
+    effort_batch_tokens: int = 4096
+    quantization: str | None = None
+    # given score files
+    influence_scores: str | None = None
+    effort_scores: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Fail fast, before any expensive work, with messages naming the argument."""
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage must be one of {STAGES}, got {self.stage!r}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"unknown surrogate {self.surrogate!r}; registered: {', '.join(sorted(SURROGATES))}")
+        from .select import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown --strategy {self.strategy!r}; registered: {', '.join(sorted(STRATEGIES))}")
+        if self.lamda < 0:
+            raise ValueError(f"--lamda must be ≥ 0, got {self.lamda}")
+        if self.k <= 0:
+            raise ValueError(f"--k (number of strata) must be > 0, got {self.k}")
+        if not 0 <= self.hard_prune < 1:
+            raise ValueError(f"--hard_prune must be in [0, 1), got {self.hard_prune}")
+        if self.n_fewshot <= 0:
+            raise ValueError(f"--n_fewshot must be > 0, got {self.n_fewshot}")
+        if self.max_users is not None and self.max_users <= 0:
+            raise ValueError(f"--max_users must be > 0, got {self.max_users}")
+        for name in ("surrogate_checkpoint", "influence_scores", "effort_scores"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"--{name} {path}: no such file")
+        InfluenceConfig(**self._influence_kwargs()).validate()
+        self.effort_config().validate()
+        if self.resume_from_checkpoint:
+            from .llm import check_adapter, lora_config
+
+            check_adapter(self.resume_from_checkpoint, lora_config(self.lora_r, self.lora_alpha, 0.0, self.lora_target_modules))
+
+    @property
+    def scores_path(self) -> Path:
+        return Path(self.score_dir or Path("scores") / self.data_name)
+
+    def surrogate_config(self) -> SurrogateConfig:
+        return SurrogateConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
+            eval_every=self.eval_every, seed=self.seed,
+        )
+
+    def _influence_kwargs(self) -> dict:
+        return dict(
+            params=tuple(self.influence_params), recursion_depth=self.recursion_depth, iteration=self.iteration,
+            damp=self.damp, scale=self.scale, solver=self.solver, negatives=self.negatives, seed=self.seed,
+        )
+
+    def effort_config(self) -> EffortConfig:
+        return EffortConfig(
+            base_model=self.base_model, target=self.effort_target, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+            lora_target_modules=tuple(self.lora_target_modules), resume_from_checkpoint=self.resume_from_checkpoint,
+            cutoff_len=self.cutoff_len, max_batch_tokens=self.effort_batch_tokens, seed=self.seed,
+            quantization=self.quantization,
+        )
+
+
+def _data_key(cfg: PruneConfig, data: RecData) -> dict:
+    return {
+        "data_name": cfg.data_name,
+        "train_file": file_hash(data.root / "sequential_train.txt"),
+        "max_users": cfg.max_users,
+    }
+
+
+def _influence_file(cfg: PruneConfig) -> Path:
+    suffix = "" if cfg.negatives == "sampled" else f"_{cfg.negatives}"
+    return cfg.scores_path / f"influence{suffix}.pt"
+
+
+def _effort_file(cfg: PruneConfig) -> Path:
+    suffix = "" if cfg.effort_target == "lora_B" else f"_{cfg.effort_target}"
+    return cfg.scores_path / f"effort{suffix}.pt"
+
+
+def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
+    scfg = cfg.surrogate_config()
+    model = build_surrogate(cfg.surrogate, data.n_items, scfg)
+    path = cfg.scores_path / "surrogate.pt"
+    if cfg.surrogate_checkpoint:
+        state = torch.load(cfg.surrogate_checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"--surrogate_checkpoint {cfg.surrogate_checkpoint}: expected a state_dict")
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state.items()}
+        if want != have:
+            missing = sorted(set(want) - set(have))[:5]
+            extra = sorted(set(have) - set(want))[:5]
+            shapes = [k for k in set(want) & set(have) if want[k] != have[k]][:5]
+            raise ValueError(
+                f"--surrogate_checkpoint {cfg.surrogate_checkpoint} does not match {cfg.surrogate} for "
+                f"{data.name} ({data.n_items} items): missing {missing}, unexpected {extra}, shape mismatch {shapes}"
+            )
+        model.load_state_dict(state)
+        LOG.info("surrogate loaded from %s (training skipped)", cfg.surrogate_checkpoint)
+        return model
+    key = {**_data_key(cfg, data), "surrogate": cfg.surrogate, "config": dataclasses.asdict(scfg)}
+    if cached(path, key):
+        model.load_state_dict(load_tensor(path))
+        LOG.info("surrogate: reusing %s", path)
+        return model
+    with Timer() as t:
+        result = train_surrogate(model, data, scfg, cfg.device)
+    model.cpu()
+    save_tensor(path, model.state_dict())
+    write_manifest(
+        path, key, seconds=t.seconds, best_epoch=result.best_epoch, valid=result.best_valid, test=result.test,
+        seconds_per_epoch=result.seconds_per_epoch, seconds_per_eval=result.seconds_per_eval, history=result.history,
+    )
+    return model
+
+
+def compute_influence(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> torch.Tensor:
+    path = _influence_file(cfg)
+    icfg = InfluenceConfig(**cfg._influence_kwargs())
+    key = {**_data_key(cfg, data), "surrogate": tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()])),
+           "config": dataclasses.asdict(icfg)}
+    if cached(path, key):
+        LOG.info("influence: reusing %s", path)
+        return load_tensor(path)
+    samples = build_samples(data.train, data.n_items, model.cfg.max_seq_length if hasattr(model, "cfg") else 50)
+    with Timer() as t:
+        res = influence_scores(model, samples, icfg)
+    save_tensor(path, res.scores)
+    write_manifest(path, key, seconds=t.seconds, timing=res.timing, v_norm=res.v_norm, h_norm=res.h_norm,
+                   n_eligible=int(res.eligible.sum()))
+    return res.scores
+
+
+def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
+    path = _effort_file(cfg)
+    ecfg = cfg.effort_config()
+    key = {**_data_key(cfg, data), "model": model_id(cfg.base_model), "config": dataclasses.asdict(ecfg)}
+    if cached(path, key):
+        LOG.info("effort: reusing %s", path)
+        return load_tensor(path)
+    from .io import cache_key
+
+    with Timer() as t:
+        em = EffortModel.load(ecfg, cfg.device)
+        examples = build_examples(data, range(data.n_users), "train", em.tokenizer, ecfg.cutoff_len)
+        by_user: list[dict | None] = [None] * data.n_users
+        for ex in examples:
+            by_user[ex["user"]] = ex
+        scores = effort_scores(em, by_user, path.with_name(path.stem + ".chunks"), cache_key(key))
+    save_tensor(path, scores)
+    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9))
+    import shutil
+
+    shutil.rmtree(path.with_name(path.stem + ".chunks"), ignore_errors=True)
+    return scores
+
+
+def compute_baselines(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    key = {**_data_key(cfg, data), "surrogate": tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()])),
+           "seed": cfg.seed, "param": cfg.influence_params[0]}
+    paths = {"el2n": cfg.scores_path / "el2n.pt", "grand": cfg.scores_path / "grand.pt"}
+    if all(cached(p, key) for p in paths.values()):
+        return {k: load_tensor(p) for k, p in paths.items()}
+    samples = build_samples(data.train, data.n_items)
+    neg = sample_negatives(samples, torch.Generator().manual_seed(cfg.seed))
+    out["el2n"] = el2n_scores(model, samples, neg)
+    out["grand"] = grand_scores(model, samples, neg, cfg.influence_params[0])
+    for k, p in paths.items():
+        save_tensor(p, out[k])
+        write_manifest(p, key)
+    return out
+
+
+def eligible_mask(data: RecData) -> torch.Tensor:
+    """A sample can be selected when the surrogate has a target for it (≥ 3 train items)."""
+    return torch.tensor([len(s) >= 3 for s in data.train])
+
+
+def select(cfg: PruneConfig, data: RecData, scores: ScoreSet) -> dict:
+    n = cfg.n_fewshot
+    with Timer() as t:
+        result = run_strategy(cfg.strategy, scores, n, seed=cfg.seed, lamda=cfg.lamda, k=cfg.k, hard_prune=cfg.hard_prune)
+    sel_dir = Path(cfg.selected_dir)
+    indices = [int(i) for i in result.indices]
+    tag = f"{cfg.data_name}_{n}_{cfg.strategy}_lam{cfg.lamda}_k{cfg.k}_hp{cfg.hard_prune}_seed{cfg.seed}"
+    manifest = {
+        "data_name": cfg.data_name,
+        "n_users": data.n_users,
+        "n_fewshot": n,
+        "strategy": cfg.strategy,
+        "lamda": cfg.lamda,
+        "k": cfg.k,
+        "hard_prune": cfg.hard_prune,
+        "seed": cfg.seed,
+        "surrogate": cfg.surrogate,
+        "base_model": model_id(cfg.base_model),
+        "negatives": cfg.negatives,
+        "effort_target": cfg.effort_target,
+        "max_users": cfg.max_users,
+        "score_files": {"influence": str(cfg.influence_scores or _influence_file(cfg)),
+                        "effort": str(cfg.effort_scores or _effort_file(cfg))},
+        "selection": result.to_dict(),
+        "seconds": t.seconds,
+        "indices": indices,
+    }
+    for name in (f"{cfg.data_name}_{n}", tag):
+        save_tensor(sel_dir / f"{name}.pt", indices)
+        write_json(sel_dir / f"{name}.pt.json", manifest)
+    try:
+        plot_selection(result.scores, scores.eligible, result, sel_dir / f"{tag}.png", title=tag)
+    except Exception as e:  # noqa: BLE001 - a plot must never lose a selection
+        LOG.warning("could not draw the selection plot: %s", e)
+    LOG.info("selected %d of %d users (%s) -> %s", len(indices), data.n_users, cfg.strategy, sel_dir / f"{cfg.data_name}_{n}.pt")
+    if result.shortfall:
+        LOG.warning("selection is %d short of n=%d (budget rounding)", result.shortfall, n)
+    return manifest
+
+
+NEEDS = {
+    "dealrec": ("influence", "effort"), "dealrec-stable": ("influence", "effort"), "influence": ("influence",),
+    "effort": ("effort",), "greedy": ("influence", "effort"), "random": (), "el2n": ("baselines",),
+    "grand": ("baselines",), "ccs": ("baselines",),
+}
+
+
+def run(cfg: PruneConfig) -> dict:
+    """Run ``cfg.stage`` (computing whatever it needs that is not cached)."""
+    if cfg.strategy == "dealrec-stable":
+        cfg = dataclasses.replace(cfg, **STABLE)
+    cfg.validate()
+    data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
+    LOG.info("data %s: %s", cfg.data_name, data.summary())
+    stage = cfg.stage
+    needs = set(NEEDS.get(cfg.strategy, ())) if stage in ("all", "select") else {stage}
+    model = None
+    if needs & {"influence", "baselines"} and not (needs == {"influence"} and cfg.influence_scores) or stage == "surrogate":
+        model = load_or_train_surrogate(cfg, data)
+    out: dict[str, Any] = {}
+    scores = {}
+    if "influence" in needs:
+        scores["influence"] = load_tensor(cfg.influence_scores) if cfg.influence_scores else compute_influence(cfg, data, model)
+    if "effort" in needs:
+        scores["effort"] = load_tensor(cfg.effort_scores) if cfg.effort_scores else compute_effort(cfg, data)
+    if "baselines" in needs:
+        scores.update(compute_baselines(cfg, data, model))
+    for name, s in scores.items():
+        if len(s) != data.n_users:
+            raise ValueError(f"{name} scores have {len(s)} entries but {cfg.data_name} has {data.n_users} users "
+                             "(made with another --max_users or data set?)")
+    if stage in ("all", "select"):
+        out = select(cfg, data, ScoreSet(**{k: v for k, v in scores.items()}, eligible=eligible_mask(data)))
+    return out

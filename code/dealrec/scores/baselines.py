@@ -1,0 +1,72 @@
+"""Baseline difficulty scores of the surrogate (Paul et al., 2021), for the comparisons of §5.
+
+- EL2N(s): mean over s's target positions of the L2 norm of the error vector
+  (σ(pos logit) − 1, σ(neg logit) − 0) of the BCE loss, with the same fixed negatives.
+- GraNd(s): ‖∇_W L(s)‖₂ for the linear weight W of the influence score (default
+  ``item_encoder.layer.1.attention.dense.weight``), from one backward pass per batch:
+  per-sample Σ_t g_t x_tᵀ from the layer's input x and output gradient g.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..surrogate.samples import SampleTensors, trim_left
+
+
+def _batches(samples: SampleTensors, size: int = 2048) -> list[torch.Tensor]:
+    idx = samples.eligible.nonzero(as_tuple=True)[0]
+    lengths = (samples.input_ids[idx] > 0).sum(1)
+    idx = idx[torch.argsort(lengths, stable=True)]
+    return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+
+@torch.no_grad()
+def el2n_scores(model: torch.nn.Module, samples: SampleTensors, neg: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    out = torch.zeros(len(samples))
+    emb = model.item_embeddings.weight
+    for idx in tqdm(_batches(samples), desc="EL2N", leave=False):
+        ids, pos, ng = trim_left(samples.input_ids[idx], samples.target_pos[idx], neg[idx])
+        h = model(ids)
+        err_pos = torch.sigmoid((h * emb[pos]).sum(-1)) - 1
+        err_neg = torch.sigmoid((h * emb[ng]).sum(-1))
+        norm = torch.sqrt(err_pos**2 + err_neg**2) * (pos > 0)
+        out[idx] = norm.sum(1) / (pos > 0).sum(1).clamp(min=1)
+    return out
+
+
+def grand_scores(
+    model: torch.nn.Module, samples: SampleTensors, neg: torch.Tensor, param: str
+) -> torch.Tensor:
+    """GraNd w.r.t. a linear layer's weight (``param`` must end in ``.weight`` of an nn.Linear)."""
+    from ..surrogate.loss import sample_loss_terms
+
+    module = model.get_submodule(param.rsplit(".", 1)[0])
+    if not isinstance(module, torch.nn.Linear) or not param.endswith(".weight"):
+        raise ValueError(f"GraNd needs the weight of an nn.Linear, got {param!r}")
+    model.eval()
+    saved: dict[str, torch.Tensor] = {}
+
+    def hook(mod, inputs, output):  # noqa: ANN001
+        saved["x"] = inputs[0].detach()
+        out = output.detach().requires_grad_(True)
+        saved["out"] = out
+        return out
+
+    out = torch.zeros(len(samples))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    handle = module.register_forward_hook(hook)
+    try:
+        for idx in tqdm(_batches(samples), desc="GraNd", leave=False):
+            ids, pos, ng = trim_left(samples.input_ids[idx], samples.target_pos[idx], neg[idx])
+            with torch.enable_grad():
+                sums, counts = sample_loss_terms(model, ids, pos, ng)
+                (g,) = torch.autograd.grad((sums / counts.clamp(min=1)).sum(), saved["out"])
+            per = torch.einsum("bto,bti->boi", g, saved["x"])
+            out[idx] = per.flatten(1).norm(dim=1)
+    finally:
+        handle.remove()
+    return out

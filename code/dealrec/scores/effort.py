@@ -1,0 +1,264 @@
+"""Learning effort of the LLM for each training sample (paper Eq. 12).
+
+    effort(s) = ‖∂L(s)/∂φ‖₂
+
+L(s) is the mean next-token cross-entropy over the real tokens of s's full prompt (labels =
+inputs, as the original trains on inputs) and φ the declared parameter: by default the
+``lora_B`` of ``v_proj`` in the last decoder layer (the original's choice), with LoRA r 8,
+α 16, dropout 0. ``target="base"`` takes the frozen ``v_proj`` weight of the same layer instead:
+the gradient that a fresh random LoRA ``A`` only projects (seed-free).
+
+Batched per-sample gradient norms from ONE backward pass per padded batch: a forward hook on
+the target linear layer keeps its input x and makes its output the only thing that requires
+grad (so no autograd graph is built for the frozen network below it); the backward pass gives
+the output gradient g, and for a linear layer the per-sample weight gradient is Σ_t g_t x_tᵀ:
+
+- ``lora_B`` (r columns): materialised per sample as ``einsum('bto,btr->bor')`` (small);
+- ``base``: ‖Σ_t g_t x_tᵀ‖²_F = Σ_{t,t'} (g_t·g_t')(x_t·x_t'), never materialising it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..io import LOG, Timer, atomic_path, load_tensor, read_json, write_json
+from ..llm import add_lora, load_base_model, load_tokenizer, lora_config
+from ..prompts import tokenize_prompt
+
+EFFORT_TARGETS = ("lora_B", "base")
+
+
+@dataclass
+class EffortConfig:
+    base_model: str | None = None
+    target: str = "lora_B"
+    module: str = "v_proj"
+    layer: int = -1  # decoder layer index (-1 = last)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    resume_from_checkpoint: str | None = None
+    cutoff_len: int = 512
+    max_batch_tokens: int = 4096
+    max_batch_size: int = 16
+    seed: int = 42  # LoRA initialisation
+    quantization: str | None = None
+    chunk_size: int = 512  # users per resumable chunk
+
+    def validate(self) -> None:
+        if self.target not in EFFORT_TARGETS:
+            raise ValueError(f"--effort_target must be one of {EFFORT_TARGETS}, got {self.target!r}")
+        if self.target == "lora_B" and self.module not in self.lora_target_modules:
+            raise ValueError(
+                f"effort on lora_B of {self.module!r} needs it among --lora_target_modules {self.lora_target_modules}"
+            )
+
+
+def _decoder_layers(model: Any) -> Any:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers in {type(base).__name__}; expected model.model.layers")
+    return layers
+
+
+def target_linear(model: Any, cfg: EffortConfig) -> torch.nn.Linear:
+    """The linear layer whose weight is φ (``lora_B`` of the module, or its frozen base weight)."""
+    layers = _decoder_layers(model)
+    layer = layers[cfg.layer]
+    found = [m for n, m in layer.named_modules() if n.split(".")[-1] == cfg.module]
+    if not found:
+        raise ValueError(f"no module named {cfg.module!r} in decoder layer {cfg.layer}")
+    mod = found[0]
+    if cfg.target == "lora_B":
+        if not hasattr(mod, "lora_B"):
+            raise ValueError(f"{cfg.module} has no LoRA adapter; add it to --lora_target_modules")
+        return mod.lora_B[next(iter(mod.lora_B.keys()))]
+    return getattr(mod, "base_layer", mod)
+
+
+@dataclass
+class EffortModel:
+    model: Any
+    tokenizer: Any
+    linear: torch.nn.Linear
+    cfg: EffortConfig
+    device: torch.device
+    _saved: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cfg: EffortConfig, device: torch.device | str = "cpu") -> EffortModel:
+        cfg.validate()
+        device = torch.device(device)
+        tok = load_tokenizer(cfg.base_model, padding_side="right")
+        model = load_base_model(cfg.base_model, device=device, quantization=cfg.quantization)
+        if cfg.target == "lora_B" or cfg.resume_from_checkpoint:
+            torch.manual_seed(cfg.seed)  # the fresh LoRA A initialisation
+            lcfg = lora_config(cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_target_modules)
+            model = add_lora(model, lcfg, cfg.resume_from_checkpoint, trainable=False)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return cls(model, tok, target_linear(model, cfg), cfg, device)
+
+    def _lm_head(self) -> torch.nn.Module:
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.get_output_embeddings()
+
+    def _hook(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        self._saved["x"] = inputs[0].detach()
+        out = output.detach().requires_grad_(True)
+        self._saved["out"] = out
+        return out
+
+    def batch_norms(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-sample ‖∂L(s)/∂φ‖₂ for a padded batch, from one backward pass."""
+        handle = self.linear.register_forward_hook(self._hook)
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # correct under left padding
+        try:
+            with torch.enable_grad():
+                hidden = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                ).hidden_states[-1]
+                real = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
+                rows = real.nonzero(as_tuple=True)[0]
+                logits = self._lm_head()(hidden[:, :-1][real]).float()  # real positions only
+                ce = F.cross_entropy(logits, input_ids[:, 1:][real], reduction="none")
+                n_tok = real.sum(1).clamp(min=1)
+                per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce) / n_tok
+                (g,) = torch.autograd.grad(per_sample.sum(), self._saved["out"])
+        finally:
+            handle.remove()
+        x = self._saved.pop("x").float()
+        self._saved.pop("out")
+        mask = attention_mask[..., None].bool()
+        g = torch.where(mask, g.float(), 0.0)
+        x = torch.where(mask, x, 0.0)
+        if self.cfg.target == "lora_B":
+            per_grad = torch.einsum("bto,btr->bor", g, x)
+            return per_grad.flatten(1).norm(dim=1)
+        gram = torch.einsum("bto,bso->bts", g, g) * torch.einsum("bti,bsi->bts", x, x)
+        return gram.sum((1, 2)).clamp(min=0).sqrt()
+
+    def encode(self, examples: list[dict]) -> list[list[int]]:
+        return [tokenize_prompt(self.tokenizer, ex, self.cfg.cutoff_len)["input_ids"] for ex in examples]
+
+    def batches(self, token_ids: list[list[int]]) -> list[list[int]]:
+        """Length-sorted batches under a token budget (limits padding)."""
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+        out, cur = [], []
+        for i in order:
+            longest = max(len(token_ids[i]), max((len(token_ids[j]) for j in cur), default=0))
+            if cur and (len(cur) + 1 > self.cfg.max_batch_size or (len(cur) + 1) * longest > self.cfg.max_batch_tokens):
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            out.append(cur)
+        return out
+
+    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if self.tokenizer.padding_side == "left":
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            else:
+                ids[i, : len(r)] = torch.tensor(r)
+                mask[i, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def norms(self, token_ids: list[list[int]], progress: bool = True, desc: str = "effort") -> torch.Tensor:
+        out = torch.zeros(len(token_ids))
+        for batch in tqdm(self.batches(token_ids), desc=desc, disable=not progress, leave=False):
+            ids, mask = self.pad([token_ids[i] for i in batch])
+            out[torch.tensor(batch)] = self.batch_norms(ids, mask).cpu()
+        return out
+
+    def norms_loop(self, token_ids: list[list[int]]) -> torch.Tensor:
+        """Reference: one sample at a time, autograd on the real parameter (the original way)."""
+        weight = self.linear.weight
+        out = torch.zeros(len(token_ids))
+        for i, row in enumerate(token_ids):
+            weight.requires_grad_(True)
+            try:
+                ids = torch.tensor([row], device=self.device)
+                logits = self.model(input_ids=ids, use_cache=False).logits
+                loss = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+                (gw,) = torch.autograd.grad(loss, weight)
+            finally:
+                weight.requires_grad_(False)
+            out[i] = gw.float().norm()
+        return out
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def effort_scores(
+    em: EffortModel,
+    examples: list[dict | None],
+    chunk_dir: str | os.PathLike,
+    key: str,
+    progress: bool = True,
+) -> torch.Tensor:
+    """One score per example (0 for None = no prompt), resumable in chunks of users.
+
+    Chunks are written atomically to ``chunk_dir``; a rerun with the same ``key`` skips the
+    chunks already there. Under ``torchrun``/``accelerate launch`` rank r takes chunks r, r+W, …
+    and rank 0 assembles (all ranks return the full tensor after a barrier).
+    """
+    chunk_dir = Path(chunk_dir)
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    key_file = chunk_dir / "key.json"
+    rank, world = _dist_info()
+    if rank == 0:
+        if key_file.exists() and read_json(key_file).get("key") != key:
+            for f in chunk_dir.glob("chunk_*.pt"):
+                f.unlink()
+        write_json(key_file, {"key": key})
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    size = em.cfg.chunk_size
+    starts = list(range(0, len(examples), size))
+    with Timer() as t:
+        n_done = 0
+        for ci, start in enumerate(tqdm(starts, desc="effort chunks", disable=not progress or rank != 0)):
+            if ci % world != rank:
+                continue
+            f = chunk_dir / f"chunk_{start:08d}.pt"
+            if f.exists():
+                continue
+            part = examples[start:start + size]
+            have = [i for i, ex in enumerate(part) if ex is not None]
+            vals = torch.zeros(len(part))
+            if have:
+                ids = em.encode([part[i] for i in have])
+                vals[torch.tensor(have)] = em.norms(ids, progress=False)
+            with atomic_path(f) as tmp:
+                torch.save(vals, tmp)
+            n_done += len(part)
+    if n_done:
+        LOG.info("effort: %d samples in %.1f s (%.2f samples/s) on rank %d", n_done, t.seconds, n_done / t.seconds, rank)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return torch.cat([load_tensor(chunk_dir / f"chunk_{s:08d}.pt") for s in starts]) if starts else torch.zeros(0)

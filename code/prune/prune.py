@@ -1,0 +1,107 @@
+"""DEALRec pruning: surrogate → influence → effort → coverage-enhanced selection.
+
+    python prune.py --data_name games --lamda 0.3 --k 50 --n_fewshot 1024
+
+Every option of the original ``utils.py`` keeps its name; ``--stage`` runs one stage (each stage
+computes what it needs that is not cached in ``--score_dir``). See the README for details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from dealrec.io import setup_logging
+from dealrec.prune import STAGES, PruneConfig, run
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def none_or(cast):
+    return lambda s: None if s.lower() in {"none", ""} else cast(s)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = PruneConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data_dir", default=str(REPO / "data"), help="folder holding <data_name>/")
+    a("--data_name", "--data", dest="data_name", default=d.data_name)
+    a("--surrogate", "--model_name", dest="surrogate", default=d.surrogate, help="registered surrogate name")
+    a("--stage", choices=STAGES, default=d.stage)
+    a("--strategy", default=d.strategy, help="dealrec, dealrec-stable, random, influence, effort, greedy, el2n, grand, ccs")
+    a("--lamda", type=float, default=d.lamda, help="weight of the effort score (Eq. 13)")
+    a("--k", type=int, default=d.k, help="number of strata")
+    a("--hard_prune", type=float, default=d.hard_prune)
+    a("--n_fewshot", type=int, default=d.n_fewshot)
+    a("--seed", type=int, default=d.seed)
+    a("--max_users", type=none_or(int), default=None, help="restrict every stage to the first N users")
+    a("--gpu_id", default="cpu", help="GPU index or 'cpu'")
+    a("--score_dir", default=None, help="cache of surrogate/influence/effort (default code/prune/scores/<data>)")
+    a("--selected_dir", default=str(HERE / "selected"))
+    a("--out", default=None, help="also write the selection to this path")
+    a("--log_name", default=None, help="log file name under code/prune/logs/")
+    # surrogate
+    a("--surrogate_checkpoint", default=None, help="state_dict to load instead of training")
+    a("--epochs", type=int, default=d.epochs)
+    a("--batch_size", type=int, default=d.batch_size)
+    a("--lr", type=float, default=d.lr)
+    a("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping (0 = never)")
+    a("--eval_every", type=int, default=d.eval_every)
+    # influence
+    a("--influence_params", nargs="+", default=list(d.influence_params))
+    a("--recursion_depth", type=int, default=d.recursion_depth)
+    a("--iteration", type=int, default=d.iteration)
+    a("--damp", type=float, default=d.damp)
+    a("--scale", type=float, default=d.scale)
+    a("--solver", choices=("lissa", "cg"), default=d.solver)
+    a("--negatives", choices=("sampled", "expected"), default=d.negatives)
+    # effort
+    a("--base_model", default=None, help="local HF model dir (default: embedded SmolLM2-135M-Instruct)")
+    a("--resume_from_checkpoint", default=None, help="LoRA adapter folder to warm-start the effort model")
+    a("--cutoff_len", type=int, default=d.cutoff_len)
+    a("--lora_r", type=int, default=d.lora_r)
+    a("--lora_alpha", type=int, default=d.lora_alpha)
+    a("--lora_dropout", type=float, default=0.0, help="ignored while scoring (always 0)")
+    a("--lora_target_modules", nargs="+", default=list(d.lora_target_modules))
+    a("--effort_target", choices=("lora_B", "base"), default=d.effort_target)
+    a("--effort_batch_tokens", type=int, default=d.effort_batch_tokens)
+    a("--quantization", choices=("8bit", "4bit"), default=None)
+    a("--influence_scores", default=None, help="use this influence score file")
+    a("--effort_scores", default=None, help="use this effort score file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log_name = args.log_name or time.strftime(f"{args.data_name}_%Y%m%d-%H%M%S")
+    log = setup_logging(HERE / "logs" / f"{log_name}.log")
+    from dealrec.io import resolve_device
+
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    kwargs = {k: v for k, v in vars(args).items() if k in fields}
+    kwargs["device"] = str(resolve_device(args.gpu_id))
+    kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / args.data_name)
+    for key in ("influence_params", "lora_target_modules"):
+        kwargs[key] = tuple(kwargs[key])
+    cfg = PruneConfig(**kwargs)
+    log.info("prune %s", " ".join(sys.argv[1:]))
+    try:
+        manifest = run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    if manifest and args.out:
+        from dealrec.io import save_tensor, write_json
+
+        save_tensor(args.out, manifest["indices"])
+        write_json(f"{args.out}.json", manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Shared fixtures: the real Games data set and a factory of small synthetic data sets.
+
+Test modules may define fixtures of the same name (e.g. a module-scoped ``games``); theirs win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "data"
+
+# Titles of the synthetic data set (seq id = index + 1): duplicates, Unicode, punctuation,
+# ';', quotes and newlines, as real catalogues have.
+TINY_TITLES = [
+    "Plain Game",
+    "Duplicate Title",
+    "Duplicate Title",
+    "Pokémon — Édition Spéciale ★ 日本語版",
+    "Semi; colon \"double\" and 'single' quotes",
+    "Line one\nLine two\r\nLine three",
+    "Punctuation!? (Deluxe) [PC] & more, 100% {x} <y> \\ / | ~",
+    "Last Item",
+]
+# 0-based item ids per user: user 1 has an empty train sequence, user 2 a length-1 one.
+TINY_TRAIN = [[0, 1, 2, 3], [], [5], [3, 4, 5, 6, 7], [7, 1]]
+TINY_VALID = [[4], [], [6], [], [0]]
+TINY_TEST = [[5], [6], [], [0, 1], [2]]
+
+
+def _write_seq(path: Path, seqs: list[list[int]]) -> None:
+    lines = [" ".join(str(x) for x in [u + 1] + [i + 1 for i in s]) for u, s in enumerate(seqs)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def games():
+    """The authors' Games data set (data/games), loaded once with the dict cross-check."""
+    from dealrec.data import load_dataset
+
+    if not (DATA_DIR / "games").is_dir():
+        pytest.skip(
+            f"{DATA_DIR / 'games'} is absent: link the authors' Games data set there "
+            "(bash tools/setup.sh) to run the real-data tests"
+        )
+    return load_dataset(DATA_DIR, "games")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """Factory ``tiny_dataset(name="tiny", train=..., valid=..., test=..., titles=..., dicts=True,
+    item_map=True)`` writing a data set folder in the authors' format under ``tmp_path``.
+
+    Returns a namespace with ``data_dir``, ``name``, ``root`` and the 0-based contents written.
+    """
+
+    def make(
+        name: str = "tiny",
+        train: list[list[int]] | None = None,
+        valid: list[list[int]] | None = None,
+        test: list[list[int]] | None = None,
+        titles: list[str] | None = None,
+        dicts: bool = True,
+        item_map: bool = True,
+    ) -> SimpleNamespace:
+        train = [list(s) for s in (TINY_TRAIN if train is None else train)]
+        valid = [list(s) for s in (TINY_VALID if valid is None else valid)]
+        test = [list(s) for s in (TINY_TEST if test is None else test)]
+        titles = list(TINY_TITLES if titles is None else titles)
+        root = tmp_path / name
+        root.mkdir(parents=True, exist_ok=True)
+        _write_seq(root / "sequential_train.txt", train)
+        _write_seq(root / "sequential_valid.txt", valid)
+        _write_seq(root / "sequential_test.txt", test)
+        asins = [f"B{i:09d}" for i in range(len(titles))]
+        maps = {
+            "seqid2title": {str(i + 1): t for i, t in enumerate(titles)},
+            "recid2title": {i: t for i, t in enumerate(titles)},
+            "item2title": {a: t for a, t in zip(asins, titles)},
+        }
+        np.save(root / "title_maps.npy", maps)
+        if item_map:
+            np.save(root / "item_map.npy", {a: i for i, a in enumerate(asins)})
+        if dicts:
+            for fname, seqs in (
+                ("training_dict.npy", train),
+                ("validation_dict.npy", valid),
+                ("testing_dict.npy", test),
+            ):
+                np.save(root / fname, {u: list(s) for u, s in enumerate(seqs)})
+        return SimpleNamespace(
+            data_dir=tmp_path, name=name, root=root, train=train, valid=valid, test=test, titles=titles
+        )
+
+    return make
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for LLM-heavy tests (two threads thrash on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

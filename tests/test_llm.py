@@ -1,0 +1,158 @@
+"""Base model / tokenizer loading (embedded, offline) and warm-start adapter validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from dealrec import llm
+from dealrec.llm import ModelError, check_adapter, lora_config
+
+
+def test_hf_hub_offline():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return llm.load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return llm.load_base_model(None)
+
+
+@pytest.mark.slow
+def test_embedded_model_generates(tok, model, one_thread):
+    assert not model.training
+    assert next(model.parameters()).dtype == torch.float32  # fp32 on the CPU
+    assert tok.padding_side == "left"
+    enc = tok(["Hello, my name is", "The best video game of all time is"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]
+    assert new.shape[0] == 2 and new.shape[1] >= 1
+    for row in new:
+        assert tok.decode(row, skip_special_tokens=True).strip()
+    # Greedy decoding is deterministic.
+    with torch.no_grad():
+        again = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(out, again)
+
+
+@pytest.mark.slow
+def test_special_ids_come_from_the_tokenizer(tok, model):
+    assert tok.eos_token_id is not None and tok.pad_token_id is not None
+    assert tok.eos_token_id == tok.convert_tokens_to_ids(tok.eos_token)
+    assert tok.pad_token_id == tok.convert_tokens_to_ids(tok.pad_token)
+    assert model.config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert llm.model_id(None) == llm.EMBEDDED_NAME == llm.model_id("embedded")
+
+
+@pytest.mark.slow
+def test_pad_fallback_when_the_tokenizer_has_none(tmp_path):
+    """A tokenizer without a pad token gets unk (≠ eos, as the original's id 0), else eos."""
+    src = llm.embedded_model_dir()
+    dst = tmp_path / "model"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "model.safetensors":  # the tokenizer needs no weights
+            shutil.copy(f, dst / f.name)
+    cfg_file = dst / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("pad_token", None)
+    cfg_file.write_text(json.dumps(cfg))
+    t = llm.load_tokenizer(dst, padding_side="right")
+    assert t.pad_token == t.unk_token and t.pad_token_id != t.eos_token_id
+    assert t.padding_side == "right"
+
+    cfg.pop("unk_token", None)
+    cfg_file.write_text(json.dumps(cfg))
+    t = llm.load_tokenizer(dst)
+    assert t.unk_token is None
+    assert t.pad_token_id == t.eos_token_id
+
+
+def test_unknown_base_model_path(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelError, match="no-such-model: no such directory"):
+        llm.resolve_base_model(missing)
+    with pytest.raises(ModelError, match="no-such-model"):
+        llm.load_tokenizer(str(missing))
+    with pytest.raises(ModelError, match="no-such-model"):
+        llm.load_base_model(str(missing))
+
+
+def test_directory_without_config(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelError, match="no config.json inside"):
+        llm.resolve_base_model(tmp_path)
+    with pytest.raises(ModelError, match="no config.json"):
+        llm.load_base_model(tmp_path)
+
+
+def test_quantization_needs_a_gpu():
+    with pytest.raises(ModelError, match="needs a GPU"):
+        llm.load_base_model(None, device="cpu", quantization="8bit")
+
+
+def test_default_dtype_on_cpu():
+    assert llm.default_dtype("cpu") == torch.float32
+
+
+# -- warm-start adapters ------------------------------------------------------------------------
+
+
+def write_adapter(path, r=8, alpha=16, targets=("q_proj", "v_proj"), weights="adapter_model.safetensors"):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(
+        json.dumps({"r": r, "lora_alpha": alpha, "target_modules": list(targets), "peft_type": "LORA"})
+    )
+    if weights:
+        (path / weights).write_bytes(b"\0")
+    return path
+
+
+def test_check_adapter_accepts_matching(tmp_path):
+    cfg = lora_config(r=8, alpha=16, target_modules=("q_proj", "v_proj"))
+    good = write_adapter(tmp_path / "a", targets=("v_proj", "q_proj"))  # order does not matter
+    assert check_adapter(good, cfg) == good
+    bin_only = write_adapter(tmp_path / "b", weights="adapter_model.bin")
+    assert check_adapter(bin_only, cfg) == bin_only
+
+
+def test_check_adapter_missing_dir(tmp_path):
+    with pytest.raises(ModelError, match="nothere: no such directory"):
+        check_adapter(tmp_path / "nothere", lora_config())
+
+
+def test_check_adapter_missing_config(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\0")
+    with pytest.raises(ModelError, match="adapter_config.json is missing"):
+        check_adapter(tmp_path, lora_config())
+
+
+def test_check_adapter_missing_weights(tmp_path):
+    path = write_adapter(tmp_path / "a", weights=None)
+    with pytest.raises(ModelError, match="neither adapter_model.safetensors nor adapter_model.bin"):
+        check_adapter(path, lora_config())
+
+
+@pytest.mark.parametrize(
+    "saved, wanted",
+    [
+        ({"r": 16}, {}),
+        ({"alpha": 32}, {}),
+        ({"targets": ("q_proj", "k_proj", "v_proj")}, {}),
+        ({}, {"target_modules": ("q_proj",)}),
+    ],
+)
+def test_check_adapter_mismatch(tmp_path, saved, wanted):
+    path = write_adapter(tmp_path / "a", **saved)
+    with pytest.raises(ModelError, match="adapter_config.json has .* but the run asks for"):
+        check_adapter(path, lora_config(**wanted))
