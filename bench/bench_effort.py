@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from dealrec.data import load_dataset
 from dealrec.fewshot import build_examples
 from dealrec.scores.effort import EffortConfig, EffortModel

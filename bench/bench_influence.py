@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from dealrec.data import load_dataset
 from dealrec.scores.influence import InfluenceConfig, InfluenceProblem, influence_scores
 from dealrec.surrogate import SurrogateConfig, build_surrogate

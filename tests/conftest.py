@@ -100,9 +100,10 @@ def tiny_dataset(tmp_path):
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread for LLM-heavy tests (two threads thrash on a busy 2-core machine)."""
+    """One torch thread (module scope): on a shared 2-core machine two OpenMP threads thrash as soon
+    as another process is busy (a tiny SASRec trains 25x slower), and small ops gain nothing."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

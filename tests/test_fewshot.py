@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dealrec import llm
 from dealrec.data import DataError, load_dataset
 from dealrec.fewshot import fewshot_paths, load_selection, write_fewshot

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from dealrec import llm
 from dealrec.data import load_dataset
 from dealrec.fewshot import build_examples
 from dealrec.finetune import MANIFEST, FinetuneConfig, TokenizedDataset, is_done, train
 from dealrec.io import read_json, write_json
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 CUTOFF = 96

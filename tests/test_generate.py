@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from dealrec import llm
 from dealrec.data import load_dataset
 from dealrec.fewshot import write_fewshot

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dealrec import ground, llm
 from dealrec.data import DataError, RecData
 from dealrec.ground import embed_texts, evaluate_results, item_embeddings, metrics_path, rank_items

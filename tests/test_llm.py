@@ -8,8 +8,11 @@ import shutil
 
 import pytest
 import torch
+
 from dealrec import llm
 from dealrec.llm import ModelError, check_adapter, lora_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hf_hub_offline():
@@ -27,7 +30,7 @@ def model():
 
 
 @pytest.mark.slow
-def test_embedded_model_generates(tok, model, one_thread):
+def test_embedded_model_generates(tok, model):
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32  # fp32 on the CPU
     assert tok.padding_side == "left"

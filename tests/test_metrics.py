@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from dealrec.metrics import format_table, hit_matrix, topk_from_scores, topk_metrics
 
 KS = (1, 3, 5, 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dealrec import prompts
 from dealrec.prompts import (
     DATASET_PHRASES,

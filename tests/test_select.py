@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from dealrec.select import (
     STRATEGIES,
     MissingScoreError,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` works too
 # The README's main command (`make demo`): prune Games with DEALRec and few-shot fine-tune +
 # evaluate BIGRec on the embedded SmolLM2-135M-Instruct, at a CPU-sized preset (~15-20 min on 2
 # cores after set-up). Sizes (override with the environment):

@@ -8,6 +8,7 @@ missing. Selection only reads the cached scores, so another λ, k or strategy ta
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,8 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
         for ex in examples:
             by_user[ex["user"]] = ex
         scores = effort_scores(em, by_user, path.with_name(path.stem + ".chunks"), cache_key(key))
+    if int(os.environ.get("RANK", 0)) != 0:
+        return scores
     save_tensor(path, scores)
     write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9))
     import shutil
@@ -307,17 +310,35 @@ NEEDS = {
 }
 
 
+def _init_distributed(cfg: PruneConfig) -> PruneConfig:
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        cfg = dataclasses.replace(cfg, device=f"cuda:{local}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return cfg
+
+
 def run(cfg: PruneConfig) -> dict:
     """Run ``cfg.stage`` (computing whatever it needs that is not cached)."""
     if cfg.strategy == "dealrec-stable":
         cfg = dataclasses.replace(cfg, **STABLE)
     cfg.validate()
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        # `accelerate launch` / `torchrun`: ranks share the effort chunks, rank 0 assembles.
+        if cfg.stage != "effort":
+            raise ValueError("several processes are supported for --stage effort only; run the other stages in one process")
+        cfg = _init_distributed(cfg)
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     LOG.info("data %s: %s", cfg.data_name, data.summary())
     stage = cfg.stage
     needs = set(NEEDS.get(cfg.strategy, ())) if stage in ("all", "select") else {stage}
     model = None
-    if needs & {"influence", "baselines"} and not (needs == {"influence"} and cfg.influence_scores) or stage == "surrogate":
+    if "baselines" in needs or ("influence" in needs and not cfg.influence_scores) or stage == "surrogate":
         model = load_or_train_surrogate(cfg, data)
     out: dict[str, Any] = {}
     scores = {}

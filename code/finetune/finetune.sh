@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` works too
 # Few-shot fine-tuning pipeline of DEALRec (BIGRec backend):
 #   gen_fewshot -> finetune (LoRA) -> inference (beam search) -> evaluate (grounding + metrics)
 #
@@ -11,6 +12,10 @@
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -x "$HERE/../../.venv/bin/python" ]; then PY="$HERE/../../.venv/bin/python"; else PY=python; fi
+fi
 cd "$HERE"
 
 DATASET=${1:?usage: finetune.sh <data_name> [--preset cpu-demo]}
@@ -40,16 +45,16 @@ case "$PRESET" in
     *) echo "unknown preset '$PRESET' (known: cpu-demo)" >&2; exit 2 ;;
 esac
 
-N_GPU=$(python -c "import torch; print(torch.cuda.device_count())")
+N_GPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [[ -n "${GPU_IDS:-}" ]]; then N_GPU=$(awk -F, '{print NF}' <<<"$GPU_IDS"); export CUDA_VISIBLE_DEVICES=$GPU_IDS; fi
 if (( N_GPU > 1 )); then
-    TRAIN_LAUNCH=(accelerate launch --num_processes "$N_GPU" --multi_gpu)
-    GEN_LAUNCH=(torchrun --standalone --nproc_per_node "$N_GPU")
+    TRAIN_LAUNCH=("$PY" -m accelerate.commands.launch --num_processes "$N_GPU" --multi_gpu)
+    GEN_LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$N_GPU")
     GPU=0
 elif (( N_GPU == 1 )); then
-    TRAIN_LAUNCH=(python -u); GEN_LAUNCH=(python -u); GPU=0
+    TRAIN_LAUNCH=("$PY" -u); GEN_LAUNCH=("$PY" -u); GPU=0
 else
-    TRAIN_LAUNCH=(python -u); GEN_LAUNCH=(python -u); GPU=cpu
+    TRAIN_LAUNCH=("$PY" -u); GEN_LAUNCH=("$PY" -u); GPU=cpu
 fi
 echo "data: $DATASET  n: $N_FEWSHOT  seeds: $SEEDS  preset: ${PRESET:-full}  GPUs: $N_GPU  base: $BASE_MODEL"
 
@@ -59,7 +64,7 @@ GEN_ARGS=(--data_name "$DATASET" --n_sample "$N_FEWSHOT" --cutoff_len "$CUTOFF" 
 [[ -n "${SELECTED:-}" ]] && GEN_ARGS+=(--selected "$SELECTED")
 [[ -n "${DATA_DIR:-}" ]] && GEN_ARGS+=(--data_dir "$DATA_DIR")
 [[ -n "$MAX_TEST_USERS" ]] && GEN_ARGS+=(--max_test_users "$MAX_TEST_USERS")
-python -u data/gen_fewshot.py "${GEN_ARGS[@]}"
+"$PY" -u data/gen_fewshot.py "${GEN_ARGS[@]}"
 
 for SEED in $SEEDS; do
     RUN=${SEED}_${N_FEWSHOT}

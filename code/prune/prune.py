@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("influence_params", "lora_target_modules"):
         kwargs[key] = tuple(kwargs[key])
     cfg = PruneConfig(**kwargs)
-    log.info("prune %s", " ".join(sys.argv[1:]))
+    log.info("prune %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
         manifest = run(cfg)
     except (ValueError, FileNotFoundError) as e:

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` works too
 # Usage: bash evaluate.sh <result_file|run_name> <gpu_id|cpu> [data_name] [extra evaluate.py flags]
 # A run name (e.g. 0_1024) means ../results/<data_name>/<run_name>.json. Without data_name the
 # data set is read from the result file's manifest (the original's evaluate.sh assumed games).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -x "$HERE/../../../.venv/bin/python" ]; then PY="$HERE/../../../.venv/bin/python"; else PY=python; fi
+fi
 RES=${1:?usage: evaluate.sh <result_file> <gpu_id> [data_name]}
 GPU=${2:-cpu}
 DATASET=${3:-}
@@ -15,4 +20,4 @@ ARGS=(--result_file "$RES" --gpu "$GPU")
 if [[ -n "$DATASET" ]]; then
     ARGS+=(--data_name "$DATASET")
 fi
-python -u "$HERE/evaluate.py" "${ARGS[@]}" "$@"
+"$PY" -u "$HERE/evaluate.py" "${ARGS[@]}" "$@"

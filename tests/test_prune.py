@@ -1,0 +1,292 @@
+"""The pruning pipeline and its command line: argument checks, an end-to-end run, the caches."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from dealrec import prune as prune_lib
+from dealrec.data import DataError
+from dealrec.io import LOG, load_tensor, read_json, save_tensor
+from dealrec.llm import ModelError
+from dealrec.prune import PruneConfig
+from dealrec.surrogate import SurrogateConfig, build_surrogate
+
+REPO = Path(__file__).resolve().parents[1]
+PRUNE_DIR = REPO / "code" / "prune"
+LOG_NAME = "testlog"
+HAS_GAMES = (REPO / "data" / "games").is_dir()
+needs_games = pytest.mark.skipif(not HAS_GAMES, reason="data/games not linked")
+
+# The small run of the end-to-end test; the in-process reruns repeat it so that the caches match.
+N_USERS, N_FEWSHOT = 120, 16
+RUN_ARGS = [
+    "--max_users", str(N_USERS), "--epochs", "2", "--eval_every", "1", "--recursion_depth", "50",
+    "--n_fewshot", str(N_FEWSHOT), "--cutoff_len", "96",
+]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """``code/prune/prune.py`` imported from its path."""
+    spec = importlib.util.spec_from_file_location("prune_cli", PRUNE_DIR / "prune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_log_left():
+    """``main`` reconfigures the package logger and writes code/prune/logs/testlog.log: undo both."""
+    state = (list(LOG.handlers), LOG.propagate, LOG.level)
+    yield
+    restore_logger(state)
+    (PRUNE_DIR / "logs" / f"{LOG_NAME}.log").unlink(missing_ok=True)
+
+
+def restore_logger(state) -> None:
+    handlers, propagate, level = state
+    for h in LOG.handlers:
+        if h not in handlers:
+            h.close()
+    LOG.handlers[:] = handlers
+    LOG.propagate, LOG.level = propagate, level
+
+
+def run_main(cli, argv: list[str]) -> tuple[int, str]:
+    """``main(argv)``; returns its exit code and what it logged (the log file is removed)."""
+    log_file = PRUNE_DIR / "logs" / f"{LOG_NAME}.log"
+    before = log_file.stat().st_size if log_file.exists() else 0
+    state = (list(LOG.handlers), LOG.propagate, LOG.level)
+    try:
+        rc = cli.main([*argv, "--log_name", LOG_NAME, "--gpu_id", "cpu"])
+    finally:
+        restore_logger(state)
+    text = log_file.read_text(encoding="utf-8")[before:] if log_file.exists() else ""
+    return rc, text
+
+
+def forbid(monkeypatch, *names: str) -> None:
+    """Make ``dealrec.prune.<name>`` fail the test if it is called."""
+    for name in names:
+        def fail(*a, _name=name, **k):
+            raise AssertionError(f"{_name} must not be called here")
+
+        monkeypatch.setattr(prune_lib, name, fail)
+
+
+# --------------------------------------------------------------------------------------------
+# (a) bad arguments fail fast, before any data loading or training
+# --------------------------------------------------------------------------------------------
+
+BAD_ARGS = [
+    (["--surrogate", "GRU4Rec"], r"unknown surrogate 'GRU4Rec'; registered: .*SASRec"),
+    (["--lamda", "-0.5"], r"--lamda must be ≥ 0, got -0.5"),
+    (["--k", "0"], r"--k \(number of strata\) must be > 0, got 0"),
+    (["--hard_prune", "1.0"], r"--hard_prune must be in \[0, 1\), got 1.0"),
+    (["--strategy", "bogus"], r"unknown --strategy 'bogus'; registered: .*dealrec"),
+    (["--n_fewshot", "0"], r"--n_fewshot must be > 0"),
+    (["--surrogate_checkpoint", "{tmp}/missing.pt"], r"--surrogate_checkpoint .*missing.pt: no such file"),
+    (["--resume_from_checkpoint", "{tmp}/no_adapter"], r"--resume_from_checkpoint .*no_adapter: no such directory"),
+    (["--resume_from_checkpoint", "{tmp}"], r"adapter_config.json is missing"),
+    (["--effort_scores", "{tmp}/nope.pt"], r"--effort_scores .*nope.pt: no such file"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_ARGS, ids=[a[0].lstrip("-") + str(i) for i, (a, _) in enumerate(BAD_ARGS)])
+def test_bad_arguments_fail_before_any_work(cli, tmp_path, monkeypatch, args, message):
+    import re
+
+    forbid(monkeypatch, "load_dataset", "train_surrogate", "influence_scores")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    t0 = time.perf_counter()
+    rc, log = run_main(cli, [*args, "--score_dir", str(tmp_path / "s"), "--selected_dir", str(tmp_path / "sel")])
+    assert rc == 2
+    assert re.search(message, log), log
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "s").exists() and not (tmp_path / "sel").exists()
+
+
+def test_config_validate_raises(tmp_path):
+    with pytest.raises(ValueError, match="registered: SASRec"):
+        PruneConfig(surrogate="nope").validate()
+    with pytest.raises(ValueError, match="--lamda"):
+        PruneConfig(lamda=-1e-9).validate()
+    with pytest.raises(ValueError, match="--k"):
+        PruneConfig(k=-3).validate()
+    with pytest.raises(ValueError, match="--hard_prune"):
+        PruneConfig(hard_prune=1).validate()
+    with pytest.raises(ValueError, match="--stage"):
+        PruneConfig(stage="bogus").validate()
+    with pytest.raises(ValueError, match="--effort_target"):
+        PruneConfig(effort_target="bogus").validate()
+    with pytest.raises(ModelError, match="no such directory"):
+        PruneConfig(resume_from_checkpoint=str(tmp_path / "none")).validate()
+    PruneConfig(lamda=0, k=1, hard_prune=0).validate()
+
+
+def test_unknown_data_set_folder(cli, tmp_path, monkeypatch):
+    forbid(monkeypatch, "train_surrogate")
+    with pytest.raises(DataError, match=r"data set folder .*nope does not exist"):
+        prune_lib.run(PruneConfig(data_dir=str(tmp_path), data_name="nope", score_dir=str(tmp_path / "s")))
+    rc, log = run_main(cli, ["--data_dir", str(tmp_path), "--data_name", "nope", "--score_dir", str(tmp_path / "s"),
+                             "--selected_dir", str(tmp_path / "sel")])
+    assert rc == 2 and f"data set folder {tmp_path / 'nope'} does not exist" in log
+
+
+@pytest.fixture(scope="module")
+def small_games():
+    from dealrec.data import load_dataset
+
+    if not HAS_GAMES:
+        pytest.skip("data/games not linked")
+    return load_dataset(REPO / "data", "games", check_dicts=False).subset_users(20)
+
+
+@needs_games
+def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
+    """Given score files: no surrogate, no LLM; the selection names the pool size."""
+    forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores")
+    monkeypatch.setattr(prune_lib.EffortModel, "load", lambda *a, **k: pytest.fail("no effort model here"))
+    n = small_games.n_users
+    save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
+    save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
+    cfg = PruneConfig(
+        data_dir=str(REPO / "data"), max_users=n, n_fewshot=500, score_dir=str(tmp_path / "s"),
+        selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
+        effort_scores=str(tmp_path / "eff.pt"),
+    )
+    n_elig = int(prune_lib.eligible_mask(small_games).sum())
+    with pytest.raises(ValueError, match=rf"n=500 is larger than the pool of \d+ samples .*\({n_elig} eligible"):
+        prune_lib.run(cfg)
+    # Within the pool, the same files select at once.
+    manifest = prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5}))
+    assert len(manifest["indices"]) == 5 and manifest["score_files"]["influence"] == str(tmp_path / "inf.pt")
+    # Score files of another length are refused.
+    save_tensor(tmp_path / "short.pt", torch.rand(n - 1))
+    with pytest.raises(ValueError, match=rf"influence scores have {n - 1} entries but games has {n} users"):
+        prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5, "influence_scores": str(tmp_path / "short.pt")}))
+
+
+# --------------------------------------------------------------------------------------------
+# (c) a surrogate checkpoint of the wrong shape
+# --------------------------------------------------------------------------------------------
+
+
+@needs_games
+def test_wrong_surrogate_checkpoint(cli, small_games, tmp_path, monkeypatch):
+    forbid(monkeypatch, "train_surrogate")
+    wrong = build_surrogate("SASRec", 10, SurrogateConfig()).state_dict()  # 10 items, not the Games catalogue
+    save_tensor(tmp_path / "wrong.pt", wrong)
+    cfg = PruneConfig(data_dir=str(REPO / "data"), max_users=20, stage="surrogate", score_dir=str(tmp_path / "s"),
+                      surrogate_checkpoint=str(tmp_path / "wrong.pt"))
+    with pytest.raises(ValueError, match=r"does not match SASRec for games \(\d+ items\).*shape mismatch \['item_embeddings.weight'\]"):
+        prune_lib.run(cfg)
+    del wrong["LayerNorm.bias"]
+    save_tensor(tmp_path / "missing.pt", wrong)
+    rc, log = run_main(cli, ["--stage", "surrogate", "--max_users", "20", "--score_dir", str(tmp_path / "s"),
+                             "--surrogate_checkpoint", str(tmp_path / "missing.pt")])
+    assert rc == 2 and "missing ['LayerNorm.bias']" in log and "item_embeddings.weight" in log
+    save_tensor(tmp_path / "list.pt", [1, 2, 3])
+    with pytest.raises(ValueError, match="expected a state_dict"):
+        prune_lib.run(PruneConfig(**{**cfg.__dict__, "surrogate_checkpoint": str(tmp_path / "list.pt")}))
+    assert not (tmp_path / "s" / "surrogate.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# (b) end to end through prune.sh, then the cached reruns
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    if not HAS_GAMES:
+        pytest.skip("data/games not linked")
+    tmp = tmp_path_factory.mktemp("prune")
+    args = [*RUN_ARGS, "--score_dir", str(tmp / "scores"), "--selected_dir", str(tmp / "sel")]
+    env = {**os.environ, "PYTHON": sys.executable, "PRUNE_ARGS": " ".join(args)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        ["sh", str(PRUNE_DIR / "prune.sh"), "games", "SASRec", "0.3", "50", LOG_NAME, "cpu"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, args, seconds
+
+
+@pytest.mark.slow
+def test_end_to_end(pipeline):
+    tmp, _, seconds = pipeline
+    sel = tmp / "sel"
+    indices = torch.load(sel / f"games_{N_FEWSHOT}.pt", weights_only=True)
+    assert type(indices) is list and all(type(i) is int for i in indices)
+    assert len(indices) == N_FEWSHOT == len(set(indices)) and all(0 <= i < N_USERS for i in indices)
+    m = read_json(sel / f"games_{N_FEWSHOT}.pt.json")
+    assert (m["data_name"], m["lamda"], m["k"], m["strategy"]) == ("games", 0.3, 50, "dealrec")
+    assert m["indices"] == indices and m["n_users"] == N_USERS and m["max_users"] == N_USERS
+    tag = f"games_{N_FEWSHOT}_dealrec_lam0.3_k50_hp0.1_seed42"
+    assert torch.load(sel / f"{tag}.pt", weights_only=True) == indices
+    assert (sel / f"{tag}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = tmp / "scores"
+    for name in ("surrogate", "influence", "effort"):
+        assert (scores / f"{name}.pt").is_file() and "key" in read_json(scores / f"{name}.pt.json")
+    for name in ("influence", "effort"):
+        s = load_tensor(scores / f"{name}.pt")
+        assert s.shape == (N_USERS,) and torch.isfinite(s).all()
+    assert (load_tensor(scores / "effort.pt") > 0).sum() >= N_FEWSHOT
+    assert not (scores / "effort.chunks").exists()  # removed once the scores are saved
+    assert (PRUNE_DIR / "logs" / f"{LOG_NAME}.log").is_file()
+    print(f"end-to-end prune.sh run: {seconds:.0f} s")
+    assert seconds < 600
+
+
+@pytest.mark.slow
+def test_select_stage_reuses_the_cache(cli, pipeline, monkeypatch):
+    tmp, args, _ = pipeline
+    scores = tmp / "scores"
+    written = {n: read_json(scores / f"{n}.pt.json")["written"] for n in ("surrogate", "influence", "effort")}
+    forbid(monkeypatch, "train_surrogate", "influence_scores")
+    monkeypatch.setattr(prune_lib.EffortModel, "load", lambda *a, **k: pytest.fail("effort must be reused"))
+    time.sleep(1.1)  # a rewritten manifest would carry a later timestamp
+    t0 = time.perf_counter()
+    rc, log = run_main(cli, [*args, "--data_name", "games", "--stage", "select", "--lamda", "1.0", "--k", "50"])
+    seconds = time.perf_counter() - t0
+    assert rc == 0, log
+    assert seconds < 30
+    assert "--stage select --lamda 1.0 --k 50 --log_name" in log  # the command line of this call
+    assert "influence: reusing" in log and "effort: reusing" in log
+    assert {n: read_json(scores / f"{n}.pt.json")["written"] for n in written} == written
+    m = read_json(tmp / "sel" / f"games_{N_FEWSHOT}.pt.json")
+    assert m["lamda"] == 1.0 and len(m["indices"]) == N_FEWSHOT
+    assert (tmp / "sel" / f"games_{N_FEWSHOT}_dealrec_lam1.0_k50_hp0.1_seed42.pt").is_file()
+    assert (tmp / "sel" / f"games_{N_FEWSHOT}_dealrec_lam0.3_k50_hp0.1_seed42.pt").is_file()  # kept
+
+
+@pytest.mark.slow
+def test_correct_surrogate_checkpoint_skips_training(cli, pipeline, monkeypatch):
+    tmp, args, _ = pipeline
+    ckpt = tmp / "scores" / "surrogate.pt"
+    forbid(monkeypatch, "train_surrogate", "influence_scores")
+    monkeypatch.setattr(prune_lib.EffortModel, "load", lambda *a, **k: pytest.fail("effort must be reused"))
+    cfg = PruneConfig(data_dir=str(REPO / "data"), max_users=N_USERS, score_dir=str(tmp / "scores"),
+                      surrogate_checkpoint=str(ckpt))
+    data = prune_lib.load_dataset(cfg.data_dir, cfg.data_name, check_dicts=False).subset_users(N_USERS)
+    model = prune_lib.load_or_train_surrogate(cfg, data)
+    want = torch.load(ckpt, weights_only=True)
+    assert model.state_dict().keys() == want.keys()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    # Same weights: the cached influence scores (keyed by the weights' hash) are reused too.
+    rc, log = run_main(cli, [*args, "--stage", "select", "--surrogate_checkpoint", str(ckpt),
+                             "--selected_dir", str(tmp / "sel_ckpt")])
+    assert rc == 0, log
+    assert f"surrogate loaded from {ckpt} (training skipped)" in log and "influence: reusing" in log
+    assert json.loads((tmp / "sel_ckpt" / f"games_{N_FEWSHOT}.pt.json").read_text())["lamda"] == 0.3
