@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from dealrec.scores.baselines import el2n_scores, grand_scores
 from dealrec.surrogate.loss import per_sample_loss
 from dealrec.surrogate.samples import build_samples, sample_negatives
@@ -14,6 +15,8 @@ from dealrec.surrogate.sasrec import SASRec, SASRecConfig
 N_ITEMS = 29
 MAX_LEN = 10
 PARAM = "item_encoder.layer.1.attention.dense.weight"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+
 from dealrec.fewshot import build_examples
 from dealrec.io import read_json
 from dealrec.llm import ModelError, add_lora, lora_config
@@ -199,7 +200,7 @@ def test_batched_norms_equal_loop(models, token_ids, target):
     for side in ("right", "left"):
         em.tokenizer.padding_side = side
         got = em.norms(token_ids, progress=False)
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=0, msg=lambda m, s=side: f"{side} padding: {m}")
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=0, msg=lambda m, s=side: f"{s} padding: {m}")
     em.tokenizer.padding_side = "right"
 
 

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 from dealrec.scores.influence import (
     DEFAULT_PARAMS,
     InfluenceConfig,
@@ -82,13 +83,13 @@ def unflat(x: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def dense_hessian(prob: InfluenceProblem, idx: torch.Tensor) -> torch.Tensor:
-    """∇² of the mean per-sample loss over ``idx`` w.r.t. the flattened declared parameters."""
-    x0 = flat(prob.params).double()
+    """∇² of the mean per-sample loss over ``idx`` w.r.t. the flattened declared parameters
+    (float32 like the model, returned as float64 for the dense linear algebra)."""
 
     def f(x):
-        return prob.mean_loss({k: v.float() for k, v in unflat(x, prob.params).items()}, idx)
+        return prob.mean_loss(unflat(x, prob.params), idx)
 
-    return torch.autograd.functional.hessian(lambda x: f(x), x0.float()).double()
+    return torch.autograd.functional.hessian(f, flat(prob.params)).double()
 
 
 # -- (a) batched directional derivatives vs single-sample backward passes -----------------------
@@ -255,16 +256,16 @@ def test_lissa_recursion_is_the_original(samples):
 
 def test_expected_score_is_the_mean_of_sampled_scores():
     n_items = 8
-    train = make_train(24, n_items, seed=5, longest=7)  # every user leaves some item to sample
+    train = make_train(16, n_items, seed=5, longest=7)  # every user leaves some item to sample
     s = build_samples(train, n_items, MAX_LEN)
     model = make_model(2, n_items)
     params = ("item_encoder.layer.1.attention.dense.weight", "item_embeddings.weight")
     expected = InfluenceProblem(model, s, InfluenceConfig(params=params, negatives="expected"))
     h = random_h(expected, seed=4)
     want = expected.scores(h)
-    # 300 independent negative draws per sample, all scored with the same h in one pass: the samples
-    # are replicated 300 times and every replica gets its own negatives (as 300 seeds would).
-    n_draws = 300
+    # 2000 independent negative draws per sample, all scored with the same h in one pass: the samples
+    # are replicated 2000 times and every replica gets its own negatives (as 2000 seeds would).
+    n_draws = 2000
     big = s.rows(torch.arange(len(s)).repeat(n_draws))
     sampled = InfluenceProblem(model, big, InfluenceConfig(params=params, negatives="sampled", seed=0))
     per_draw = sampled.scores(h).view(n_draws, len(s))
@@ -276,9 +277,10 @@ def test_expected_score_is_the_mean_of_sampled_scores():
     avg = per_draw.mean(0)
     rel = float((avg - want).norm() / want.norm())
     rel_single = float((per_draw - want).norm(dim=1).mean() / want.norm())
-    print(rel, rel_single)
     assert rel < 0.05, (rel, rel_single)
-    assert rel < rel_single / 5, (rel, rel_single)  # averaging is what makes them agree
+    # Averaging is what makes them agree, at the Monte Carlo rate 1/sqrt(draws) (measured: one draw
+    # 0.65; the mean of 1000 draws 0.013-0.024 over 4 seeds, of 8000 draws 0.007).
+    assert rel < 2 * rel_single / n_draws**0.5, (rel, rel_single)
     assert torch.equal(avg[~s.eligible], want[~s.eligible])  # both 0
 
 
@@ -353,3 +355,19 @@ def test_bad_config_values(samples, bad):
         cfg.validate()
     with pytest.raises(ValueError):
         InfluenceProblem(make_model(0), samples, cfg)
+
+
+def test_expected_negatives_with_a_user_who_has_every_item(samples):
+    """No item is left to average over: a clear error, not NaN scores for every sample (the NaN of
+    that one user's loss used to flow into v and from there into every score)."""
+    train = [[0, 1, 2, 3], [0, 1, 2], [3, 2]]  # user 0 has all 4 items
+    s = build_samples(train, 4, MAX_LEN)
+    with pytest.raises(ValueError, match=r"user\(s\) \[0\] .*every item"):
+        InfluenceProblem(make_model(0, 4), s, InfluenceConfig(negatives="expected"))
+    # Sampled negatives cannot be drawn either.
+    with pytest.raises(RuntimeError, match="every item"):
+        InfluenceProblem(make_model(0, 4), s, InfluenceConfig(negatives="sampled"))
+    # Without that user both modes work and give finite scores.
+    s2 = build_samples(train[1:], 4, MAX_LEN)
+    prob = InfluenceProblem(make_model(0, 4), s2, InfluenceConfig(negatives="expected"))
+    assert torch.isfinite(prob.scores(prob.mean_gradient())).all()

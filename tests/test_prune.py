@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dealrec import prune as prune_lib
 from dealrec.data import DataError
 from dealrec.io import LOG, load_tensor, read_json, save_tensor

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from dealrec.data import RecData
 from dealrec.metrics import topk_from_scores, topk_metrics
 from dealrec.surrogate import SURROGATES, build_surrogate, register_surrogate

@@ -74,6 +74,16 @@ class InfluenceProblem:
         unknown = [n for n in cfg.params if n not in named]
         if unknown:
             raise ValueError(f"unknown surrogate parameter(s) {unknown}; available: {sorted(named)}")
+        if cfg.negatives == "expected":
+            # A user with every item has no negative to average over: 0/0 = NaN in its loss, which
+            # flows into v and from there into every score.
+            n_seen = (samples.user_items > 0).sum(1)
+            full = (samples.eligible & (n_seen >= samples.n_items)).nonzero(as_tuple=True)[0]
+            if len(full):
+                raise ValueError(
+                    f"negatives='expected': user(s) {full[:5].tolist()} interacted with every item, so no "
+                    "negative item is left to average over; drop those users or use a larger catalogue"
+                )
         self.params: Params = {n: named[n].detach().clone() for n in cfg.params}
         for param in model.parameters():  # only the declared subset is differentiated (torch.func)
             param.requires_grad_(False)
