@@ -108,3 +108,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded model's tokenizer (loaded once)."""
+    from dealrec import llm
+
+    return llm.load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The embedded base model (fresh per test module: some tests wrap it with LoRA)."""
+    from dealrec import llm
+
+    return llm.load_base_model(None)

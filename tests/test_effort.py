@@ -19,14 +19,8 @@ from dealrec.scores.effort import EffortConfig, EffortModel, effort_scores, targ
 
 CUTOFF = 128
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads thrash when a core is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------

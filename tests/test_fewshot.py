@@ -26,10 +26,6 @@ def games():
     return load_dataset(DATA_DIR, "games", check_dicts=False)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return llm.load_tokenizer(None)
-
 
 def ends_with_newest(tok, example: dict, title: str) -> bool:
     """The input ends with the newest history title, or with its start (cut by tokens), or,

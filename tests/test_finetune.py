@@ -18,18 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 CUTOFF = 96
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.slow,
     pytest.mark.skipif(not (REPO / "data" / "games").is_dir(), reason="data/games not linked"),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads thrash when a core is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -21,27 +21,13 @@ from dealrec.io import cache_key, read_json, write_json
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.slow,
     pytest.mark.skipif(not (REPO / "data" / "games").is_dir(), reason="data/games not linked"),
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return llm.load_tokenizer(None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return llm.load_base_model(None)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from dealrec.metrics import topk_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def log2r(r: int) -> float:
     """Discount of 0-based rank r."""
@@ -62,22 +64,7 @@ def test_rank_items_equals_brute_force():
 # ---------------------------------------------------------------------- with the embedded LLM
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return llm.load_tokenizer(None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return llm.load_base_model(None)
 
 
 @pytest.mark.slow

@@ -19,14 +19,6 @@ def test_hf_hub_offline():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return llm.load_tokenizer(None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return llm.load_base_model(None)
 
 
 @pytest.mark.slow

@@ -173,7 +173,7 @@ def test_readme_test_command_is_make_test():
     if not readme.is_file():
         pytest.skip("README.md not written yet")
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", readme.read_text(), re.M | re.S)
-    lines = [ln.strip().lstrip("$ ").strip() for b in blocks for ln in b.splitlines()]
+    lines = [ln.split("#")[0].strip().lstrip("$ ").strip() for b in blocks for ln in b.splitlines()]
     assert "make test" in lines, "README.md should give `make test` (in a fenced block) as the test command"
 
 

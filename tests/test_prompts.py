@@ -138,12 +138,6 @@ def test_extract_response():
 # -- truncation with the real tokenizer ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from dealrec import llm
-
-    return llm.load_tokenizer(None)
-
 
 def n_tok(tok, text: str) -> int:
     return len(tok(text)["input_ids"])
