@@ -7,7 +7,7 @@ With one fixed surrogate checkpoint (``--surrogate``, e.g. the SASRec that
 (a) influence with sampled negatives (the seed draws the per-sample negatives and LiSSA's samples),
 (b) influence with expected negatives (the seed only drives LiSSA),
 (c) effort on lora_B with a fresh LoRA initialised by the seed,
-(d) effort on the frozen base weight (seed-free),
+(d) effort on the frozen base weight (seed-free: computed for two seeds, reused for the third),
 (e) overlap of the dealrec selections between seeds for each combination.
 Influence is scored on all users; effort (CPU-expensive) on the first ``--effort_users`` users,
 where the selections of (e) are made with n scaled to the paper's 1,024 / 49,156 ratio (at
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--data_dir", default=str(REPO / "data"))
     p.add_argument("--surrogate", default=str(REPO / "code/prune/scores/games/surrogate.pt"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--effort_users", type=int, default=512)
+    p.add_argument("--effort_users", type=int, default=256)
     p.add_argument("--cutoff_len", type=int, default=256)
     p.add_argument("--recursion_depth", type=int, default=5000)
     p.add_argument("--lamda", type=float, default=0.3)
@@ -83,7 +83,8 @@ def main() -> None:
                 torch.save(scores, cache)
     users = range(min(a.effort_users, data.n_users))
     for target in ("lora_B", "base"):
-        for s in a.seeds:
+        # base is seed-free by construction (tests check bitwise equality): two seeds confirm it
+        for s in a.seeds if target == "lora_B" else a.seeds[:2]:
             key = f"effort_{target}_{s}"
             if key not in scores:
                 em = EffortModel.load(EffortConfig(target=target, seed=s, cutoff_len=a.cutoff_len))
@@ -100,7 +101,7 @@ def main() -> None:
         ("(c) effort, lora_B with fresh LoRA", "effort_lora_B", eligible[: len(users)]),
         ("(d) effort, base weight (seed-free)", "effort_base", eligible[: len(users)]),
     ):
-        vals = {s: scores[f"{name}_{s}"] for s in a.seeds}
+        vals = {s: scores[f"{name}_{s}"] for s in a.seeds if f"{name}_{s}" in scores}
         mean_rho, min_rho = pairwise(vals, mask)
         ov = top_overlap(vals, mask)
         record[name] = {"spearman_mean": mean_rho, "spearman_min": min_rho, "top10_overlap": ov}
@@ -114,7 +115,7 @@ def main() -> None:
         for s in a.seeds:
             ss = ScoreSet(
                 influence=scores[f"influence_{inf_mode}_{s}"][: len(users)],
-                effort=scores[f"effort_{eff_target}_{s}"],
+                effort=scores.get(f"effort_{eff_target}_{s}", scores[f"effort_{eff_target}_{a.seeds[0]}"]),
                 eligible=sub_mask,
             )
             picks[s] = set(run_strategy("dealrec", ss, n_sel, seed=s, lamda=a.lamda, k=a.k).indices)

@@ -241,6 +241,19 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     return scores
 
 
+def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
+    """The full-training prompt set (one per user with a train item, user order) as alpaca JSON
+    (``instruction``/``input``/``output``/``user``/``target_ids``): it replaces the original's
+    hand-made ``train_49156.json``."""
+    from .llm import load_tokenizer
+
+    data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
+    examples = build_examples(data, range(data.n_users), "train", load_tokenizer(cfg.base_model), cfg.cutoff_len)
+    write_json(path, examples)
+    LOG.info("wrote %d prompts to %s", len(examples), path)
+    return len(examples)
+
+
 def compute_baselines(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     key = {**_data_key(cfg, data), "surrogate": tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()])),

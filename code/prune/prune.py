@@ -41,10 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--seed", type=int, default=d.seed)
     a("--max_users", type=none_or(int), default=None, help="restrict every stage to the first N users")
     a("--gpu_id", default="cpu", help="GPU index or 'cpu'")
-    a("--score_dir", default=None, help="cache of surrogate/influence/effort (default code/prune/scores/<data>)")
+    a("--score_dir", "--out_dir", dest="score_dir", default=None, help="cache of surrogate/influence/effort (default code/prune/scores/<data>[_first<max_users>])")
     a("--selected_dir", default=str(HERE / "selected"))
     a("--out", default=None, help="also write the selection to this path")
     a("--log_name", default=None, help="log file name under code/prune/logs/")
+    a("--write_prompts", default=None, help="also write the full-training prompt set as alpaca JSON to this file")
     # surrogate
     a("--surrogate_checkpoint", default=None, help="state_dict to load instead of training")
     a("--epochs", type=int, default=d.epochs)
@@ -85,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(PruneConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
     kwargs["device"] = str(resolve_device(args.gpu_id))
-    kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / args.data_name)
+    subset = f"_first{args.max_users}" if args.max_users else ""
+    kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / f"{args.data_name}{subset}")
     for key in ("influence_params", "lora_target_modules"):
         kwargs[key] = tuple(kwargs[key])
     cfg = PruneConfig(**kwargs)
     log.info("prune %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
+        if args.write_prompts:
+            from dealrec.prune import write_prompt_set
+
+            write_prompt_set(cfg, args.write_prompts)
         manifest = run(cfg)
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
