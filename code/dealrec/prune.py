@@ -366,5 +366,5 @@ def run(cfg: PruneConfig) -> dict:
             raise ValueError(f"{name} scores have {len(s)} entries but {cfg.data_name} has {data.n_users} users "
                              "(made with another --max_users or data set?)")
     if stage in ("all", "select"):
-        out = select(cfg, data, ScoreSet(**{k: v for k, v in scores.items()}, eligible=eligible_mask(data)))
+        out = select(cfg, data, ScoreSet(**scores, eligible=eligible_mask(data)))
     return out

@@ -13,8 +13,8 @@ RES=${1:?usage: evaluate.sh <result_file> <gpu_id> [data_name]}
 GPU=${2:-cpu}
 DATASET=${3:-}
 shift $(( $# < 3 ? $# : 3 ))
-if [[ ! -f "$RES" ]]; then
-    RES="$HERE/../results/${DATASET:-games}/$RES.json"
+if [[ ! -f "$RES" && "$RES" != */* && "$RES" != *.json ]]; then
+    RES="$HERE/../results/${DATASET:-games}/$RES.json"  # a run name such as 0_1024
 fi
 ARGS=(--result_file "$RES" --gpu "$GPU")
 if [[ -n "$DATASET" ]]; then
