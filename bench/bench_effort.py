@@ -4,7 +4,7 @@
 
 On the first ``n`` Games training prompts, in one process: the batched per-sample gradient
 norms (one backward pass per padded, length-sorted batch), the batch-size-1 autograd loop
-(on ``loop_n`` of them, extrapolated per sample), and a plain no-grad forward of the same
+(on ``loop_n`` of them, extrapolated by token count), and a plain no-grad forward of the same
 batches. Prints samples/s, tokens/s and the ratios.
 """
 
@@ -51,10 +51,11 @@ def main() -> None:
     loop_ids = ids[: a.loop_n]
     t = time.perf_counter()
     em.norms_loop(loop_ids)
-    t_loop = (time.perf_counter() - t) * len(ids) / len(loop_ids)
+    # scaled by tokens (the loop's cost grows with each prompt's length)
+    t_loop = (time.perf_counter() - t) * n_tok / sum(len(r) for r in loop_ids)
 
     print(f"\n{len(ids)} Games prompts, {n_tok} tokens (cutoff {a.cutoff_len}), target {a.target}, "
-          f"{torch.get_num_threads()} threads; loop timed on {len(loop_ids)} and scaled")
+          f"{torch.get_num_threads()} threads; loop timed on {len(loop_ids)} prompts and scaled by tokens")
     for name, sec in (("batched effort", t_batch), ("batch-size-1 loop", t_loop), ("plain no-grad forward", t_fwd)):
         print(f"{name:<24s} {len(ids) / sec:8.2f} samples/s {n_tok / sec:9.1f} tokens/s")
     print(f"batched / loop          {t_loop / t_batch:8.2f}x")
