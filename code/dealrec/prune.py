@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .fewshot import build_examples
 from .io import (
     LOG,
     Timer,
+    cache_key,
     cached,
     file_hash,
     load_tensor,
@@ -161,6 +163,11 @@ def _effort_file(cfg: PruneConfig) -> Path:
     return cfg.scores_path / f"effort{suffix}.pt"
 
 
+def _surrogate_hash(model: torch.nn.Module) -> str:
+    """Cache key of the surrogate's weights (influence and baselines depend on them)."""
+    return tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()]))
+
+
 def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
     scfg = cfg.surrogate_config()
     model = build_surrogate(cfg.surrogate, data.n_items, scfg)
@@ -201,7 +208,7 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
 def compute_influence(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> torch.Tensor:
     path = _influence_file(cfg)
     icfg = InfluenceConfig(**cfg._influence_kwargs())
-    key = {**_data_key(cfg, data), "surrogate": tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()])),
+    key = {**_data_key(cfg, data), "surrogate": _surrogate_hash(model),
            "config": dataclasses.asdict(icfg)}
     if cached(path, key):
         LOG.info("influence: reusing %s", path)
@@ -222,8 +229,6 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     if cached(path, key):
         LOG.info("effort: reusing %s", path)
         return load_tensor(path)
-    from .io import cache_key
-
     with Timer() as t:
         em = EffortModel.load(ecfg, cfg.device)
         examples = build_examples(data, range(data.n_users), "train", em.tokenizer, ecfg.cutoff_len)
@@ -235,8 +240,6 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
         return scores
     save_tensor(path, scores)
     write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9))
-    import shutil
-
     shutil.rmtree(path.with_name(path.stem + ".chunks"), ignore_errors=True)
     return scores
 
@@ -255,16 +258,14 @@ def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
 
 
 def compute_baselines(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    out = {}
-    key = {**_data_key(cfg, data), "surrogate": tensor_hash(torch.cat([p.flatten() for p in model.state_dict().values()])),
+    key = {**_data_key(cfg, data), "surrogate": _surrogate_hash(model),
            "seed": cfg.seed, "param": cfg.influence_params[0]}
     paths = {"el2n": cfg.scores_path / "el2n.pt", "grand": cfg.scores_path / "grand.pt"}
     if all(cached(p, key) for p in paths.values()):
         return {k: load_tensor(p) for k, p in paths.items()}
     samples = build_samples(data.train, data.n_items)
     neg = sample_negatives(samples, torch.Generator().manual_seed(cfg.seed))
-    out["el2n"] = el2n_scores(model, samples, neg)
-    out["grand"] = grand_scores(model, samples, neg, cfg.influence_params[0])
+    out = {"el2n": el2n_scores(model, samples, neg), "grand": grand_scores(model, samples, neg, cfg.influence_params[0])}
     for k, p in paths.items():
         save_tensor(p, out[k])
         write_manifest(p, key)
