@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo
+.PHONY: setup test lint demo reproduce
 
 setup:
 	bash tools/setup.sh
@@ -15,3 +15,6 @@ lint: setup
 
 demo: setup
 	bash tools/demo.sh
+
+reproduce: setup
+	bash bench/reproduce_cpu.sh

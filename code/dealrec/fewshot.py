@@ -162,6 +162,7 @@ def write_fewshot(
     max_test_users: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    splits: Sequence[str] = SPLITS,
 ) -> dict[str, Path]:
     """Write the alpaca JSON files (train / valid of the selected users, test of every test user).
 
@@ -170,7 +171,8 @@ def write_fewshot(
     - test: every user with test items, in user order (the first ``max_test_users`` when given).
 
     Each file gets a manifest ``<file>.json`` (data set, n, selection, cutoff, base model); a
-    file whose manifest key is unchanged is kept (``overwrite`` rewrites it).
+    file whose manifest key is unchanged is kept (``overwrite`` rewrites it). ``splits`` limits
+    the files written (the paths of all three are returned).
     """
     from .llm import model_id
 
@@ -195,7 +197,12 @@ def write_fewshot(
         "valid": ({**common, "split": "valid", "n": str(n_label), "selection": sel_hash}, users),
         "test": ({**common, "split": "test", "max_test_users": max_test_users}, test_users),
     }
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"splits must be among {SPLITS}, got {sorted(unknown)}")
     for split, (key, split_users) in plans.items():
+        if split not in splits:
+            continue
         path = paths[split]
         if not overwrite and cached(path, key):
             LOG.info("%s: up to date, kept", path)

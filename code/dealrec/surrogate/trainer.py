@@ -77,11 +77,15 @@ def eval_sets(data: RecData, max_len: int = 50) -> tuple[EvalInputs, EvalInputs]
     return valid, test
 
 
-def train_surrogate(model: torch.nn.Module, data: RecData, cfg: SurrogateConfig, device="cpu") -> TrainResult:
-    """Train ``model`` in place on all users' samples; it ends holding the best checkpoint."""
+def train_surrogate(
+    model: torch.nn.Module, data: RecData, cfg: SurrogateConfig, device="cpu", train_users: list[int] | None = None
+) -> TrainResult:
+    """Train ``model`` in place on all users' samples (or only ``train_users``'); it ends holding
+    the best checkpoint. Validation and test always cover every user of ``data``."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    samples = build_samples(data.train, data.n_items, cfg.max_seq_length)
+    train_seqs = data.train if train_users is None else [data.train[u] for u in train_users]
+    samples = build_samples(train_seqs, data.n_items, cfg.max_seq_length)
     valid, test = eval_sets(data, cfg.max_seq_length)
     model.to(device)
     optim = torch.optim.Adam(
