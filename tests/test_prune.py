@@ -15,7 +15,7 @@ import torch
 
 from dealrec import prune as prune_lib
 from dealrec.data import DataError
-from dealrec.io import LOG, load_tensor, read_json, save_tensor
+from dealrec.io import load_tensor, logging_restored, read_json, save_tensor
 from dealrec.llm import ModelError
 from dealrec.prune import PruneConfig
 from dealrec.surrogate import SurrogateConfig, build_surrogate
@@ -46,30 +46,17 @@ def cli():
 @pytest.fixture(scope="module", autouse=True)
 def no_log_left():
     """``main`` reconfigures the package logger and writes code/prune/logs/testlog.log: undo both."""
-    state = (list(LOG.handlers), LOG.propagate, LOG.level)
-    yield
-    restore_logger(state)
+    with logging_restored():
+        yield
     (PRUNE_DIR / "logs" / f"{LOG_NAME}.log").unlink(missing_ok=True)
-
-
-def restore_logger(state) -> None:
-    handlers, propagate, level = state
-    for h in LOG.handlers:
-        if h not in handlers:
-            h.close()
-    LOG.handlers[:] = handlers
-    LOG.propagate, LOG.level = propagate, level
 
 
 def run_main(cli, argv: list[str]) -> tuple[int, str]:
     """``main(argv)``; returns its exit code and what it logged (the log file is removed)."""
     log_file = PRUNE_DIR / "logs" / f"{LOG_NAME}.log"
     before = log_file.stat().st_size if log_file.exists() else 0
-    state = (list(LOG.handlers), LOG.propagate, LOG.level)
-    try:
+    with logging_restored():
         rc = cli.main([*argv, "--log_name", LOG_NAME, "--gpu_id", "cpu"])
-    finally:
-        restore_logger(state)
     text = log_file.read_text(encoding="utf-8")[before:] if log_file.exists() else ""
     return rc, text
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dealrec.io import LOG, read_json
+from dealrec.io import logging_restored, read_json
 from dealrec.study import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +78,7 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
             "--recursion_depth", "10", "--cutoff_len", "96", "--max_steps", "1", "--max_new_tokens", "4",
             "--max_items", "50", "--sasrec_epochs", "2", "--log_file", str(tmp_path / "study.log")]
     cli = _load_cli()
-    state = (list(LOG.handlers), LOG.propagate, LOG.level)
-    try:
+    with logging_restored():
         assert cli.main(args) == 0
         report = (out / "REPORT.md").read_text()
         png = (out / "report.png").read_bytes()
@@ -109,13 +108,6 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
                   and "REPORT" not in p.name and p.name not in ("results.json", "config.json")}
         assert cli.main([*args, "--only", "report"]) == 0
         assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    finally:
-        handlers, propagate, level = state
-        for h in LOG.handlers:
-            if h not in handlers:
-                h.close()
-        LOG.handlers[:] = handlers
-        LOG.propagate, LOG.level = propagate, level
 
 
 def test_n_larger_than_candidates(tiny_dataset):

@@ -385,6 +385,32 @@ def test_best_validation_checkpoint_is_kept(monkeypatch):
     assert [r["epoch"] for r in res.history] == list(range(8))
 
 
+def test_train_users_trains_on_those_sequences_only():
+    """``train_users`` = training on a data set holding only those users (no evaluation in
+    between, so the weights depend on the training samples alone); the full user list = None."""
+    data = synthetic_data()
+    cfg = SurrogateConfig(epochs=3, eval_every=0, batch_size=4, lr=1e-2, hidden_size=8, max_seq_length=10, ks=(5,))
+    users = [7, 2, 11, 5, 30]
+    sub = RecData("synthetic", None, [data.train[u] for u in users], [data.valid[u] for u in users],
+                  [data.test[u] for u in users], data.titles)
+
+    def weights(d, **kw):
+        model = build_surrogate("SASRec", d.n_items, cfg)
+        res = train_surrogate(model, d, cfg, **kw)
+        return model.state_dict(), res
+
+    a, res_a = weights(data, train_users=users)
+    b, _ = weights(sub)
+    c, _ = weights(data, train_users=None)
+    d, _ = weights(data, train_users=list(range(data.n_users)))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(c[k], d[k]), k
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # evaluation still covers every user of the data set
+    assert res_a.test["n_users"] == sum(1 for t in data.test if t)
+
+
 def test_early_stopping(monkeypatch):
     data = synthetic_data()
     cfg = SurrogateConfig(epochs=20, eval_every=1, patience=2, batch_size=16, hidden_size=8, max_seq_length=10,

@@ -159,6 +159,21 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     return LOG
 
 
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo what :func:`setup_logging` does to the package logger (handlers, level, propagation)
+    when the block ends: for callers that run a command's ``main`` in-process (tests, notebooks)."""
+    handlers, propagate, level = list(LOG.handlers), LOG.propagate, LOG.level
+    try:
+        yield
+    finally:
+        for h in LOG.handlers:
+            if h not in handlers:
+                h.close()
+        LOG.handlers[:] = handlers
+        LOG.propagate, LOG.level = propagate, level
+
+
 class Timer:
     """``with Timer() as t: ...; t.seconds``"""
 

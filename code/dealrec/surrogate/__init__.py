@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from .sasrec import SASRec, SASRecConfig
@@ -41,8 +42,12 @@ def _sasrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
 
 
 def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
+    """A freshly initialised surrogate: the initial weights depend on ``cfg.seed`` only (the
+    global random state is left as it was)."""
     try:
         factory = SURROGATES[name]
     except KeyError:
         raise ValueError(f"unknown surrogate {name!r}; registered: {', '.join(sorted(SURROGATES))}") from None
-    return factory(n_items, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return factory(n_items, cfg)
