@@ -45,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--surrogate_epochs", type=int, default=None)
     a("--recursion_depth", type=int, default=None)
     a("--cutoff_len", type=int, default=None)
-    a("--max_steps", type=int, default=None, help="LoRA optimiser steps per run (default: one epoch)")
+    a("--num_epochs", type=float, default=None, help="LoRA epochs per run")
+    a("--learning_rate", type=float, default=None)
+    a("--train_on_inputs", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+      help="true: loss on the whole prompt (paper); false: on the response only (cpu preset)")
+    a("--max_steps", type=int, default=None, help="LoRA optimiser steps per run (overrides --num_epochs)")
     a("--num_beams", type=int, default=None)
     a("--max_new_tokens", type=int, default=None)
     a("--max_items", type=int, default=None, help="ground among the first N items + targets (tests only)")

@@ -12,10 +12,9 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x "$HERE/../../.venv/bin/python" ]; then PY="$HERE/../../.venv/bin/python"; else PY=python; fi
-fi
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$REPO/tools/find_python.sh"
 cd "$HERE"
 
 DATASET=${1:?usage: finetune.sh <data_name> [--preset cpu-demo]}

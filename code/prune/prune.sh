@@ -9,10 +9,9 @@ if [ $# -lt 6 ]; then
     exit 2
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x "$HERE/../../.venv/bin/python" ]; then PY="$HERE/../../.venv/bin/python"; else PY=python; fi
-fi
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$REPO/tools/find_python.sh"
 STRATEGY=${STRATEGY:-dealrec}
 if [ "${7:-}" = "stable" ] || [ "${DEALREC_STABLE:-0}" = "1" ]; then STRATEGY=dealrec-stable; fi
 case "$6" in

@@ -5,10 +5,9 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # data set is read from the result file's manifest (the original's evaluate.sh assumed games).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x "$HERE/../../../.venv/bin/python" ]; then PY="$HERE/../../../.venv/bin/python"; else PY=python; fi
-fi
+REPO="$(cd "$HERE/../../.." && pwd)"
+# shellcheck disable=SC1091
+. "$REPO/tools/find_python.sh"
 RES=${1:?usage: evaluate.sh <result_file> <gpu_id> [data_name]}
 GPU=${2:-cpu}
 DATASET=${3:-}

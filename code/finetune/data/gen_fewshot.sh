@@ -4,10 +4,9 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # e.g.   bash gen_fewshot.sh games 1024 --max_test_users 50 --cutoff_len 256
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x "$HERE/../../../.venv/bin/python" ]; then PY="$HERE/../../../.venv/bin/python"; else PY=python; fi
-fi
+REPO="$(cd "$HERE/../../.." && pwd)"
+# shellcheck disable=SC1091
+. "$REPO/tools/find_python.sh"
 DATASET=${1:?usage: gen_fewshot.sh <data_name> <n_sample>}
 N_FEWSHOT=${2:?usage: gen_fewshot.sh <data_name> <n_sample>}
 shift 2
