@@ -297,10 +297,11 @@ class Study:
         self.out = cfg.out
         self.data = load_dataset(cfg.data_dir, cfg.data_name)
         self.pool = self.data.subset_users(cfg.pool_users)
-        eligible = int(eligible_mask(self.pool).sum())
-        if cfg.n > eligible:
+        self.eligible = eligible_mask(self.pool)
+        self.candidates = [int(u) for u in torch.nonzero(self.eligible).flatten()]
+        if cfg.n > len(self.candidates):
             raise ValueError(
-                f"--n {cfg.n} exceeds the {eligible} eligible candidates (users with ≥ 3 train items among "
+                f"--n {cfg.n} exceeds the {len(self.candidates)} eligible candidates (users with ≥ 3 train items among "
                 f"the first {self.pool.n_users}); lower --n or raise --pool_users"
             )
         self._scores: dict[str, ScoreSet] = {}
@@ -354,7 +355,7 @@ class Study:
                 s["effort"] = compute_effort(pcfg, self.pool)
             if "baselines" in needs:
                 s.update(compute_baselines(pcfg, self.pool, model))
-            self._scores[tag] = ScoreSet(**s, eligible=eligible_mask(self.pool))
+            self._scores[tag] = ScoreSet(**s, eligible=self.eligible)
         return self._scores[tag]
 
     def prune(self) -> None:
@@ -473,9 +474,8 @@ class Study:
                 users = self.selection(strategy, seed)
                 self.sasrec_run(strategy, seed, users)
                 self.llm_run(strategy, seed, users)
-        pool_users = [int(u) for u in torch.nonzero(eligible_mask(self.pool)).flatten()]
         for seed in self.cfg.seeds:
-            self.sasrec_run(REFERENCE, seed, pool_users)
+            self.sasrec_run(REFERENCE, seed, self.candidates)
 
     # -- report -------------------------------------------------------------------------------
 
@@ -491,9 +491,8 @@ class Study:
                 llm = self.llm_run(strategy, seed, users)
                 llm_rows.append({"strategy": strategy, "seed": seed, **llm, **self._timings(run)})
                 sas_rows.append({"strategy": strategy, "seed": seed, **self.sasrec_run(strategy, seed, users)})
-        pool_users = [int(u) for u in torch.nonzero(eligible_mask(self.pool)).flatten()]
         for seed in self.cfg.seeds:
-            sas_rows.append({"strategy": REFERENCE, "seed": seed, **self.sasrec_run(REFERENCE, seed, pool_users)})
+            sas_rows.append({"strategy": REFERENCE, "seed": seed, **self.sasrec_run(REFERENCE, seed, self.candidates)})
         return llm_rows, sas_rows
 
     def report(self, wall_seconds: float | None = None) -> Path:
@@ -503,7 +502,7 @@ class Study:
         seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
         seeds[REFERENCE] = len(cfg.seeds)
         paper = PAPER_TABLE2.get(cfg.data_name)
-        n_candidates = int(eligible_mask(self.pool).sum())
+        n_candidates = len(self.candidates)
         n_test = llm_rows[0]["n_users"]
         ranked = llm_rows[0]["n_items_ranked"]
         prune_t = self.prune_timings()
