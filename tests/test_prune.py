@@ -152,8 +152,15 @@ def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
         effort_scores=str(tmp_path / "eff.pt"),
     )
     n_elig = int(prune_lib.eligible_mask(small_games).sum())
-    with pytest.raises(ValueError, match=rf"n=500 is larger than the pool of \d+ samples .*\({n_elig} eligible"):
+    pool = n_elig - int(0.1 * n_elig)
+    with pytest.raises(ValueError, match=rf"--n_fewshot 500 exceeds the {pool} users that dealrec can select from "
+                                         rf"\({n_elig} of {n} users .*; lower --n_fewshot to at most {pool}"):
         prune_lib.run(cfg)
+    # The selection's own check stays behind it (e.g. budget rounding in other callers).
+    with pytest.raises(ValueError, match=rf"n=500 is larger than the pool of \d+ samples .*\({n_elig} eligible"):
+        prune_lib.select(cfg, small_games, prune_lib.ScoreSet(
+            influence=load_tensor(tmp_path / "inf.pt"), effort=load_tensor(tmp_path / "eff.pt"),
+            eligible=prune_lib.eligible_mask(small_games)))
     # Within the pool, the same files select at once.
     manifest = prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5}))
     assert len(manifest["indices"]) == 5 and manifest["score_files"]["influence"] == str(tmp_path / "inf.pt")
@@ -161,6 +168,23 @@ def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
     save_tensor(tmp_path / "short.pt", torch.rand(n - 1))
     with pytest.raises(ValueError, match=rf"influence scores have {n - 1} entries but games has {n} users"):
         prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5, "influence_scores": str(tmp_path / "short.pt")}))
+
+
+@needs_games
+def test_n_fewshot_beyond_all_games_users_fails_before_training(cli, tmp_path, monkeypatch):
+    """``--n_fewshot 100000`` on all of Games: refused at once, naming the pool (not 200 epochs later)."""
+    forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores", "effort_scores")
+    t0 = time.perf_counter()
+    rc, log = run_main(cli, ["--data_name", "games", "--data_dir", str(REPO / "data"), "--n_fewshot", "100000",
+                             "--score_dir", str(tmp_path / "s"), "--selected_dir", str(tmp_path / "sel")])
+    assert rc == 2
+    assert "--n_fewshot 100000 exceeds the 37099 users that dealrec can select from (41221 of 49156 users" in log, log
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "sel").exists()
+    rc, log = run_main(cli, ["--data_name", "games", "--data_dir", str(REPO / "data"), "--n_fewshot", "41222",
+                             "--strategy", "random", "--score_dir", str(tmp_path / "s"),
+                             "--selected_dir", str(tmp_path / "sel")])
+    assert rc == 2 and "exceeds the 41221 users that random can select from" in log, log
 
 
 # --------------------------------------------------------------------------------------------

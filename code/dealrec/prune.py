@@ -8,6 +8,7 @@ missing. Selection only reads the cached scores, so another λ, k or strategy ta
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -277,6 +278,24 @@ def eligible_mask(data: RecData) -> torch.Tensor:
     return torch.tensor([len(s) >= 3 for s in data.train])
 
 
+HARD_PRUNING = ("dealrec", "dealrec-stable", "influence", "effort", "ccs")  # drop the top hard_prune first
+
+
+def check_budget(cfg: PruneConfig, data: RecData) -> None:
+    """Refuse an ``n_fewshot`` that no selection can meet, before any stage is computed."""
+    n_elig = int(eligible_mask(data).sum())
+    pool = n_elig - (math.floor(cfg.hard_prune * n_elig) if cfg.strategy in HARD_PRUNING else 0)
+    if cfg.n_fewshot > pool:
+        scope = f"the first {cfg.max_users} users of {cfg.data_name}" if cfg.max_users else cfg.data_name
+        pruned = (f", {n_elig - pool} of them hard-pruned with --hard_prune {cfg.hard_prune}"
+                  if pool < n_elig else "")
+        raise ValueError(
+            f"--n_fewshot {cfg.n_fewshot} exceeds the {pool} users that {cfg.strategy} can select from "
+            f"({n_elig} of {data.n_users} users in {scope} have ≥ 3 training items{pruned}); "
+            f"lower --n_fewshot to at most {pool}"
+        )
+
+
 def select(cfg: PruneConfig, data: RecData, scores: ScoreSet) -> dict:
     n = cfg.n_fewshot
     with Timer() as t:
@@ -350,6 +369,8 @@ def run(cfg: PruneConfig) -> dict:
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     LOG.info("data %s: %s", cfg.data_name, data.summary())
     stage = cfg.stage
+    if stage in ("all", "select"):
+        check_budget(cfg, data)
     needs = set(NEEDS.get(cfg.strategy, ())) if stage in ("all", "select") else {stage}
     model = None
     if "baselines" in needs or ("influence" in needs and not cfg.influence_scores) or stage == "surrogate":

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .samples import DEFAULT_BUCKET_OVERHEAD, length_buckets, trim_left
+
 NEGATIVE_MODES = ("sampled", "expected")
 
 
@@ -66,6 +68,31 @@ def batch_loss(*args, **kwargs) -> torch.Tensor:
     """The batch's mean over all target positions (the original training loss)."""
     sums, counts = sample_loss_terms(*args, **kwargs)
     return sums.sum() / counts.sum().clamp(min=1)
+
+
+def split_batch_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    target_pos: torch.Tensor,
+    target_neg: torch.Tensor,
+    overhead: float = DEFAULT_BUCKET_OVERHEAD,
+) -> torch.Tensor:
+    """:func:`batch_loss` of the same batch, computed as a few length buckets, each trimmed to its
+    own longest row (:func:`~dealrec.surrogate.samples.length_buckets`): the buckets' loss
+    numerators are summed and divided once by the whole batch's number of target positions, so
+    the value and its gradient equal the padded batch's (exact for right-aligned positions and
+    masked padding keys; rows without a target contribute nothing and are skipped)."""
+    lengths = (input_ids > 0).sum(1)
+    groups = length_buckets(lengths, overhead)
+    if not groups:  # no target position in the whole batch: the padded path's zero loss
+        return batch_loss(model, *trim_left(input_ids, target_pos, target_neg))
+    total, count = 0.0, 0
+    for rows in groups:
+        ids, pos, neg = trim_left(input_ids[rows], target_pos[rows], target_neg[rows])
+        sums, counts = sample_loss_terms(model, ids, pos, neg)
+        total = total + sums.sum()
+        count = count + int(counts.sum())
+    return total / max(count, 1)
 
 
 class LossModule(nn.Module):

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -81,8 +82,11 @@ class PointWiseFeedForward(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation(self.conv1d_1(x.transpose(1, 2)))
-        h = self.activation(self.conv1d_2(h)).transpose(1, 2)
+        # A kernel-size-1 Conv1d is a position-wise linear map: computed as one (the same
+        # function, several times faster on a CPU than the convolution kernels), weights kept in
+        # the original's Conv1d layout [d, d, 1].
+        h = self.activation(F.linear(x, self.conv1d_1.weight.squeeze(-1), self.conv1d_1.bias))
+        h = self.activation(F.linear(h, self.conv1d_2.weight.squeeze(-1), self.conv1d_2.bias))
         return self.LayerNorm(self.dropout(h) + x)
 
 

@@ -6,6 +6,11 @@ items, train and valid items masked), users with targets only. Masked items get 
 original set them to 0, which let them outrank items with negative scores). The checkpoint with
 the best validation Recall@5 is kept (the original meant to, but saved the latest); training
 stops after ``patience`` evaluations without improvement (0 = never).
+
+``batching="split"`` (default) computes each random batch as a few length buckets trimmed to
+their own longest sequence, with the loss normalised once over the whole batch: the same
+gradient as the original padded batch (``batching="padded"``) at a fraction of the work, since
+most Games sequences are far shorter than ``max_seq_length``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,18 @@ from tqdm.auto import tqdm
 from ..data import RecData
 from ..io import LOG, Timer
 from ..metrics import DEFAULT_KS, topk_from_scores, topk_metrics
-from .loss import batch_loss
-from .samples import EvalInputs, _pad_right, build_eval, build_samples, sample_negatives
+from .loss import batch_loss, split_batch_loss
+from .samples import (
+    DEFAULT_BUCKET_OVERHEAD,
+    EvalInputs,
+    _pad_right,
+    build_eval,
+    build_samples,
+    sample_negatives,
+    trim_left,
+)
+
+BATCHING = ("split", "padded")
 
 
 @dataclass
@@ -40,6 +55,12 @@ class SurrogateConfig:
     num_attention_heads: int = 2
     dropout: float = 0.5
     ks: tuple[int, ...] = DEFAULT_KS
+    batching: str = "split"  # "split": exact length buckets; "padded": the original's full-width batches
+    bucket_overhead: float = DEFAULT_BUCKET_OVERHEAD  # see samples.length_buckets
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
 
 
 @dataclass
@@ -53,22 +74,35 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ev: EvalInputs, ks=DEFAULT_KS, batch_size: int = 2048, device="cpu") -> dict:
-    """Full ranking over all items (row 0 = padding is never ranked)."""
+def evaluate(
+    model: torch.nn.Module, ev: EvalInputs, ks=DEFAULT_KS, batch_size: int = 2048, device="cpu", trim: bool = True
+) -> dict:
+    """Full ranking over all items (row 0 = padding is never ranked).
+
+    Users are scored in batches of similar history length, each trimmed to its longest history
+    (exact: positions are right-aligned and padding keys masked); users without any history
+    keep the full padded width, as the original computed them. ``trim=False``: the original's
+    full-width batches (the reference)."""
     model.eval()
     emb = model.item_embeddings.weight
-    ranked = []
-    for start in range(0, len(ev.users), batch_size):
-        ids = ev.input_ids[start:start + batch_size].to(device)
-        scores = model(ids)[:, -1, :] @ emb.T
+    n = len(ev.users)
+    if not n:
+        return topk_metrics(torch.zeros(0, max(ks), dtype=torch.long), [], ks)
+    lengths = (ev.input_ids > 0).sum(1)
+    order = torch.sort(lengths, stable=True).indices
+    ranked = torch.zeros(n, max(ks), dtype=torch.long)
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        ids = ev.input_ids[rows]
+        if trim and bool((lengths[rows] > 0).all()):
+            ids = trim_left(ids, ids)[0]
+        scores = model(ids.to(device))[:, -1, :] @ emb.T
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         exclude[:, 0] = True
-        seen = _pad_right(ev.exclude[start:start + batch_size]).to(device)
+        seen = _pad_right([ev.exclude[r] for r in rows.tolist()]).to(device)
         exclude.scatter_(1, seen, True)  # padding 0 is masked anyway
-        ranked.append(topk_from_scores(scores, max(ks), exclude).cpu())
-    if not ranked:
-        return topk_metrics(torch.zeros(0, max(ks), dtype=torch.long), [], ks)
-    return topk_metrics(torch.cat(ranked), ev.targets, ks)
+        ranked[rows] = topk_from_scores(scores, max(ks), exclude).cpu()
+    return topk_metrics(ranked, ev.targets, ks)
 
 
 def eval_sets(data: RecData, max_len: int = 50) -> tuple[EvalInputs, EvalInputs]:
@@ -104,9 +138,11 @@ def train_surrogate(
             n_batches = 0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                loss = batch_loss(
-                    model, samples.input_ids[idx].to(device), samples.target_pos[idx].to(device), neg[idx].to(device)
-                )
+                batch = (samples.input_ids[idx].to(device), samples.target_pos[idx].to(device), neg[idx].to(device))
+                if cfg.batching == "split":
+                    loss = split_batch_loss(model, *batch, overhead=cfg.bucket_overhead)
+                else:
+                    loss = batch_loss(model, *batch)
                 optim.zero_grad()
                 loss.backward()
                 optim.step()

@@ -1,0 +1,58 @@
+"""What this machine can do, detected at run time (never assumed): the CPU's name and flags,
+native bf16 and int8 matrix support, and a one-line description for benchmark output."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AMD Zen 4+, Intel Cooper Lake+, SPR+)
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: name from platform, no flags (bf16 then counts as not native)
+        pass
+    return name, frozenset(flags)
+
+
+def cpu_name() -> str:
+    return _cpuinfo()[0]
+
+
+def cpu_flags() -> frozenset[str]:
+    return _cpuinfo()[1]
+
+
+def native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (else torch emulates it, slower than fp32).
+    ``DEALREC_NATIVE_BF16=0|1`` overrides the detection (for tests and odd virtual machines)."""
+    env = os.environ.get("DEALREC_NATIVE_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def native_int8() -> bool:
+    return any(f in cpu_flags() for f in INT8_FLAGS)
+
+
+def describe() -> str:
+    """One line naming the machine, for every published figure."""
+    flags = [f for f in (*BF16_FLAGS, *INT8_FLAGS) if f in cpu_flags()]
+    return (f"{cpu_name()} ({os.cpu_count()} cores; {' '.join(flags) or 'no bf16/vnni flags'}), "
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
