@@ -75,7 +75,7 @@ def forbid(monkeypatch, *names: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 BAD_ARGS = [
-    (["--surrogate", "GRU4Rec"], r"unknown surrogate 'GRU4Rec'; registered: .*SASRec"),
+    (["--surrogate", "Caser"], r"unknown surrogate 'Caser'; registered: BERT4Rec, GRU4Rec, SASRec"),
     (["--lamda", "-0.5"], r"--lamda must be ≥ 0, got -0.5"),
     (["--k", "0"], r"--k \(number of strata\) must be > 0, got 0"),
     (["--hard_prune", "1.0"], r"--hard_prune must be in \[0, 1\), got 1.0"),
@@ -85,6 +85,9 @@ BAD_ARGS = [
     (["--resume_from_checkpoint", "{tmp}/no_adapter"], r"--resume_from_checkpoint .*no_adapter: no such directory"),
     (["--resume_from_checkpoint", "{tmp}"], r"adapter_config.json is missing"),
     (["--effort_scores", "{tmp}/nope.pt"], r"--effort_scores .*nope.pt: no such file"),
+    (["--surrogate", "GRU4Rec", "--influence_params", "item_encoder.layer.1.attention.dense.weight"],
+     r"--influence_params \['item_encoder.layer.1.attention.dense.weight'\] are not parameters of GRU4Rec; "
+     r"available: .*dense.weight"),
 ]
 
 
@@ -103,7 +106,7 @@ def test_bad_arguments_fail_before_any_work(cli, tmp_path, monkeypatch, args, me
 
 
 def test_config_validate_raises(tmp_path):
-    with pytest.raises(ValueError, match="registered: SASRec"):
+    with pytest.raises(ValueError, match="registered: BERT4Rec, GRU4Rec, SASRec"):
         PruneConfig(surrogate="nope").validate()
     with pytest.raises(ValueError, match="--lamda"):
         PruneConfig(lamda=-1e-9).validate()
@@ -301,3 +304,86 @@ def test_correct_surrogate_checkpoint_skips_training(cli, pipeline, monkeypatch)
     assert rc == 0, log
     assert f"surrogate loaded from {ckpt} (training skipped)" in log and "influence: reusing" in log
     assert json.loads((tmp / "sel_ckpt" / f"games_{N_FEWSHOT}.pt.json").read_text())["lamda"] == 0.3
+
+
+# --------------------------------------------------------------------------------------------
+# (d) other surrogates: their own parameters and cache files, the shared effort scores
+# --------------------------------------------------------------------------------------------
+
+
+def test_surrogate_files_and_parameters(tmp_path):
+    """SASRec keeps the original file names; another surrogate's files carry its name, so all share
+    one score_dir (and its effort scores) without overwriting each other."""
+    def files(**kw):
+        cfg = PruneConfig(score_dir=str(tmp_path), **kw)
+        return (prune_lib._surrogate_file(cfg).name, prune_lib._influence_file(cfg).name,
+                prune_lib._effort_file(cfg).name, cfg.influence_parameters)
+
+    sasrec_param = ("item_encoder.layer.1.attention.dense.weight",)
+    assert files() == ("surrogate.pt", "influence.pt", "effort.pt", sasrec_param)
+    assert files(negatives="expected") == ("surrogate.pt", "influence_expected.pt", "effort.pt", sasrec_param)
+    assert files(surrogate="BERT4Rec") == ("surrogate_BERT4Rec.pt", "influence_BERT4Rec.pt", "effort.pt", sasrec_param)
+    assert files(surrogate="GRU4Rec", negatives="expected") == (
+        "surrogate_GRU4Rec.pt", "influence_GRU4Rec_expected.pt", "effort.pt", ("dense.weight",))
+    assert files(surrogate="GRU4Rec", influence_params=("gru.weight_hh_l0",))[3] == ("gru.weight_hh_l0",)
+    PruneConfig(surrogate="GRU4Rec", influence_params=("gru.weight_hh_l0",)).validate()
+    # The surrogate's registered training defaults; SASRec's configuration is the plain one.
+    assert PruneConfig().surrogate_config() == SurrogateConfig()
+    assert PruneConfig(surrogate="BERT4Rec", epochs=3).surrogate_config() == SurrogateConfig(epochs=3, dropout=0.1)
+
+
+def run_other_surrogate(pipeline, name: str):
+    tmp, args, _ = pipeline
+    scores = tmp / "scores"
+    before = {f.name: read_json(f)["written"] for f in scores.glob("*.pt.json")}
+    env = {**os.environ, "PYTHON": sys.executable,
+           "PRUNE_ARGS": " ".join([*args, "--selected_dir", str(tmp / f"sel_{name}")])}
+    proc = subprocess.run(["sh", str(PRUNE_DIR / "prune.sh"), "games", name, "0.3", "50", LOG_NAME, "cpu"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, scores, before, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["BERT4Rec", "GRU4Rec"])
+def test_end_to_end_with_another_surrogate(pipeline, name):
+    """``prune.sh games <name> ...`` in the SASRec run's score_dir: its own surrogate and influence
+    files, the effort scores reused (they do not depend on the surrogate), SASRec's files untouched."""
+    tmp, scores, before, log = run_other_surrogate(pipeline, name)
+    assert "effort: reusing" in log
+    for f in ("surrogate", "influence", "effort"):  # SASRec's (and the shared effort) files: not rewritten
+        assert read_json(scores / f"{f}.pt.json")["written"] == before[f"{f}.pt.json"]
+    m = read_json(scores / f"surrogate_{name}.pt.json")
+    assert m["params"]["surrogate"] == name and m["params"]["config"]["epochs"] == 2
+    state = load_tensor(scores / f"surrogate_{name}.pt")
+    model = build_surrogate(name, prune_lib.load_dataset(REPO / "data", "games", check_dicts=False).n_items,
+                            prune_lib.PruneConfig(surrogate=name).surrogate_config())
+    model.load_state_dict(state)  # the cached checkpoint loads back into the registered model
+    inf = load_tensor(scores / f"influence_{name}.pt")
+    assert inf.shape == (N_USERS,) and torch.isfinite(inf).all()
+    assert not torch.equal(inf, load_tensor(scores / "influence.pt"))
+    assert read_json(scores / f"influence_{name}.pt.json")["params"]["config"]["params"] == list(
+        prune_lib.PruneConfig(surrogate=name).influence_parameters)
+    sel = tmp / f"sel_{name}"
+    manifest = read_json(sel / f"games_{N_FEWSHOT}.pt.json")
+    assert manifest["surrogate"] == name and len(manifest["indices"]) == N_FEWSHOT
+    assert (sel / f"games_{N_FEWSHOT}_dealrec_{name}_lam0.3_k50_hp0.1_seed42.pt").is_file()
+
+
+@pytest.mark.slow
+def test_sasrec_cache_keys_are_the_original(pipeline):
+    """The SASRec run's manifests hold exactly the keys the pipeline wrote before other surrogates
+    existed (so existing caches stay valid)."""
+    from dealrec.io import cache_key, file_hash
+
+    tmp, _, _ = pipeline
+    data_key = {"data_name": "games", "train_file": file_hash(REPO / "data" / "games" / "sequential_train.txt"),
+                "max_users": N_USERS}
+    scfg = SurrogateConfig(epochs=2, batch_size=500, lr=1e-3, patience=5, eval_every=1, seed=42)
+    import dataclasses
+
+    m = read_json(tmp / "scores" / "surrogate.pt.json")
+    assert m["key"] == cache_key({**data_key, "surrogate": "SASRec", "config": dataclasses.asdict(scfg)})
+    m = read_json(tmp / "scores" / "influence.pt.json")
+    assert set(m["params"]) == {"data_name", "train_file", "max_users", "surrogate", "config"}
+    assert m["params"]["config"]["params"] == ["item_encoder.layer.1.attention.dense.weight"]

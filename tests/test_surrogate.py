@@ -316,8 +316,8 @@ def test_loss_argument_errors():
 
 
 def test_surrogate_registry():
-    with pytest.raises(ValueError, match="unknown surrogate 'GRU4Rec'; registered: .*SASRec"):
-        build_surrogate("GRU4Rec", 10, SurrogateConfig())
+    with pytest.raises(ValueError, match="unknown surrogate 'Caser'; registered: BERT4Rec, GRU4Rec, SASRec"):
+        build_surrogate("Caser", 10, SurrogateConfig())
     try:
         @register_surrogate("Tiny")
         def _tiny(n_items, cfg):

@@ -3,6 +3,11 @@
 Each stage writes its output with a JSON manifest into ``score_dir`` and is reused when the
 manifest's key (the parameters that determine it) is unchanged; ``stage="all"`` runs what is
 missing. Selection only reads the cached scores, so another λ, k or strategy takes seconds.
+
+The surrogate-dependent files carry the surrogate's name unless it is SASRec (whose file names
+are the original ones): ``surrogate_BERT4Rec.pt``, ``influence_BERT4Rec.pt``, ``el2n_GRU4Rec.pt``
+…, so surrogates share one ``score_dir`` — and its effort scores, which do not depend on the
+surrogate — without overwriting each other.
 """
 
 from __future__ import annotations
@@ -34,10 +39,9 @@ from .io import (
 from .llm import model_id
 from .scores.baselines import el2n_scores, grand_scores
 from .scores.effort import EffortConfig, EffortModel, effort_scores
-from .scores.influence import DEFAULT_PARAMS, InfluenceConfig, influence_scores
+from .scores.influence import InfluenceConfig, influence_scores
 from .select import ScoreSet, plot_selection, run_strategy
-from .surrogate import SURROGATES, SurrogateConfig, build_surrogate
-from .surrogate.samples import build_samples, sample_negatives
+from .surrogate import SURROGATES, SurrogateConfig, build_surrogate, objective_of, surrogate_spec
 from .surrogate.trainer import train_surrogate
 
 STAGES = ("surrogate", "influence", "effort", "baselines", "select", "all")
@@ -68,7 +72,7 @@ class PruneConfig:
     patience: int = 5
     eval_every: int = 5
     # influence
-    influence_params: tuple[str, ...] = DEFAULT_PARAMS
+    influence_params: tuple[str, ...] | None = None  # None: the surrogate's registered parameter(s)
     recursion_depth: int = 5000
     iteration: int = 1
     damp: float = 0.01
@@ -115,6 +119,12 @@ class PruneConfig:
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name} {path}: no such file")
         InfluenceConfig(**self._influence_kwargs()).validate()
+        if self.influence_params:  # names checked on a one-item skeleton of the surrogate (milliseconds)
+            named = dict(build_surrogate(self.surrogate, 1, self.surrogate_config()).named_parameters())
+            unknown = [p for p in self.influence_params if p not in named]
+            if unknown:
+                raise ValueError(f"--influence_params {unknown} are not parameters of {self.surrogate}; "
+                                 f"available: {', '.join(sorted(named))}")
         self.effort_config().validate()
         if self.resume_from_checkpoint:
             from .llm import check_adapter, lora_config
@@ -125,15 +135,21 @@ class PruneConfig:
     def scores_path(self) -> Path:
         return Path(self.score_dir or Path("scores") / self.data_name)
 
+    @property
+    def influence_parameters(self) -> tuple[str, ...]:
+        """The influence parameter(s): ``--influence_params`` or the surrogate's registered ones."""
+        return tuple(self.influence_params or surrogate_spec(self.surrogate).influence_params)
+
     def surrogate_config(self) -> SurrogateConfig:
-        return SurrogateConfig(
+        """The surrogate's training configuration (its registered defaults, then these options)."""
+        return surrogate_spec(self.surrogate).config(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
             eval_every=self.eval_every, seed=self.seed,
         )
 
     def _influence_kwargs(self) -> dict:
         return dict(
-            params=tuple(self.influence_params), recursion_depth=self.recursion_depth, iteration=self.iteration,
+            params=self.influence_parameters, recursion_depth=self.recursion_depth, iteration=self.iteration,
             damp=self.damp, scale=self.scale, solver=self.solver, negatives=self.negatives, seed=self.seed,
         )
 
@@ -154,9 +170,18 @@ def _data_key(cfg: PruneConfig, data: RecData) -> dict:
     }
 
 
+def _surrogate_suffix(cfg: PruneConfig) -> str:
+    """"" for SASRec (the original file names), "_<name>" for any other surrogate."""
+    return "" if cfg.surrogate == "SASRec" else f"_{cfg.surrogate}"
+
+
+def _surrogate_file(cfg: PruneConfig) -> Path:
+    return cfg.scores_path / f"surrogate{_surrogate_suffix(cfg)}.pt"
+
+
 def _influence_file(cfg: PruneConfig) -> Path:
     suffix = "" if cfg.negatives == "sampled" else f"_{cfg.negatives}"
-    return cfg.scores_path / f"influence{suffix}.pt"
+    return cfg.scores_path / f"influence{_surrogate_suffix(cfg)}{suffix}.pt"
 
 
 def _effort_file(cfg: PruneConfig) -> Path:
@@ -171,8 +196,9 @@ def _surrogate_hash(model: torch.nn.Module) -> str:
 
 def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
     scfg = cfg.surrogate_config()
+    spec = surrogate_spec(cfg.surrogate)
     model = build_surrogate(cfg.surrogate, data.n_items, scfg)
-    path = cfg.scores_path / "surrogate.pt"
+    path = _surrogate_file(cfg)
     if cfg.surrogate_checkpoint:
         state = torch.load(cfg.surrogate_checkpoint, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -190,7 +216,7 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
         model.load_state_dict(state)
         LOG.info("surrogate loaded from %s (training skipped)", cfg.surrogate_checkpoint)
         return model
-    key = {**_data_key(cfg, data), "surrogate": cfg.surrogate, "config": dataclasses.asdict(scfg)}
+    key = {**_data_key(cfg, data), "surrogate": cfg.surrogate, "config": dataclasses.asdict(scfg), **spec.cache_key()}
     if cached(path, key):
         model.load_state_dict(load_tensor(path))
         LOG.info("surrogate: reusing %s", path)
@@ -209,12 +235,15 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
 def compute_influence(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> torch.Tensor:
     path = _influence_file(cfg)
     icfg = InfluenceConfig(**cfg._influence_kwargs())
+    objective = objective_of(model)
     key = {**_data_key(cfg, data), "surrogate": _surrogate_hash(model),
            "config": dataclasses.asdict(icfg)}
+    if objective.key():
+        key["objective"] = objective.key()
     if cached(path, key):
         LOG.info("influence: reusing %s", path)
         return load_tensor(path)
-    samples = build_samples(data.train, data.n_items, model.cfg.max_seq_length if hasattr(model, "cfg") else 50)
+    samples = objective.build_samples(data.train, data.n_items, model.cfg.max_seq_length if hasattr(model, "cfg") else 50)
     with Timer() as t:
         res = influence_scores(model, samples, icfg)
     save_tensor(path, res.scores)
@@ -259,14 +288,18 @@ def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
 
 
 def compute_baselines(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    objective = objective_of(model)
     key = {**_data_key(cfg, data), "surrogate": _surrogate_hash(model),
-           "seed": cfg.seed, "param": cfg.influence_params[0]}
-    paths = {"el2n": cfg.scores_path / "el2n.pt", "grand": cfg.scores_path / "grand.pt"}
+           "seed": cfg.seed, "param": cfg.influence_parameters[0]}
+    if objective.key():
+        key["objective"] = objective.key()
+    sfx = _surrogate_suffix(cfg)
+    paths = {"el2n": cfg.scores_path / f"el2n{sfx}.pt", "grand": cfg.scores_path / f"grand{sfx}.pt"}
     if all(cached(p, key) for p in paths.values()):
         return {k: load_tensor(p) for k, p in paths.items()}
-    samples = build_samples(data.train, data.n_items)
-    neg = sample_negatives(samples, torch.Generator().manual_seed(cfg.seed))
-    out = {"el2n": el2n_scores(model, samples, neg), "grand": grand_scores(model, samples, neg, cfg.influence_params[0])}
+    samples = objective.build_samples(data.train, data.n_items, model.cfg.max_seq_length if hasattr(model, "cfg") else 50)
+    samples, neg = objective.draw(samples, torch.Generator().manual_seed(cfg.seed))
+    out = {"el2n": el2n_scores(model, samples, neg), "grand": grand_scores(model, samples, neg, cfg.influence_parameters[0])}
     for k, p in paths.items():
         save_tensor(p, out[k])
         write_manifest(p, key)
@@ -302,7 +335,8 @@ def select(cfg: PruneConfig, data: RecData, scores: ScoreSet) -> dict:
         result = run_strategy(cfg.strategy, scores, n, seed=cfg.seed, lamda=cfg.lamda, k=cfg.k, hard_prune=cfg.hard_prune)
     sel_dir = Path(cfg.selected_dir)
     indices = [int(i) for i in result.indices]
-    tag = f"{cfg.data_name}_{n}_{cfg.strategy}_lam{cfg.lamda}_k{cfg.k}_hp{cfg.hard_prune}_seed{cfg.seed}"
+    tag = (f"{cfg.data_name}_{n}_{cfg.strategy}{_surrogate_suffix(cfg)}_lam{cfg.lamda}_k{cfg.k}"
+           f"_hp{cfg.hard_prune}_seed{cfg.seed}")
     manifest = {
         "data_name": cfg.data_name,
         "n_users": data.n_users,

@@ -60,6 +60,7 @@ from .prune import (
     PruneConfig,
     _effort_file,
     _influence_file,
+    _surrogate_file,
     compute_baselines,
     compute_effort,
     compute_influence,
@@ -375,7 +376,7 @@ class Study:
     def prune_timings(self) -> dict[str, float]:
         """Seconds of each pruning stage, read from the score manifests."""
         pcfg = self.cfg.prune_config()
-        files = {"surrogate": pcfg.scores_path / "surrogate.pt", "influence": _influence_file(pcfg),
+        files = {"surrogate": _surrogate_file(pcfg), "influence": _influence_file(pcfg),
                  "effort": _effort_file(pcfg)}
         out = {}
         for name, f in files.items():

@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.add_argument
     a("--data_dir", default=str(REPO / "data"), help="folder holding <data_name>/")
     a("--data_name", "--data", dest="data_name", default=d.data_name)
-    a("--surrogate", "--model_name", dest="surrogate", default=d.surrogate, help="registered surrogate name")
+    a("--surrogate", "--model_name", dest="surrogate", default=d.surrogate,
+      help="registered surrogate: SASRec (default), BERT4Rec or GRU4Rec")
     a("--stage", choices=STAGES, default=d.stage)
     a("--strategy", default=d.strategy, help="dealrec, dealrec-stable, random, influence, effort, greedy, el2n, grand, ccs")
     a("--lamda", type=float, default=d.lamda, help="weight of the effort score (Eq. 13)")
@@ -54,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping (0 = never)")
     a("--eval_every", type=int, default=d.eval_every)
     # influence
-    a("--influence_params", nargs="+", default=list(d.influence_params))
+    a("--influence_params", nargs="+", default=None,
+      help="surrogate parameter(s) of the influence score (default: the surrogate's registered ones; "
+      "SASRec and BERT4Rec item_encoder.layer.1.attention.dense.weight, GRU4Rec dense.weight)")
     a("--recursion_depth", type=int, default=d.recursion_depth)
     a("--iteration", type=int, default=d.iteration)
     a("--damp", type=float, default=d.damp)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     subset = f"_first{args.max_users}" if args.max_users else ""
     kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / f"{args.data_name}{subset}")
     for key in ("influence_params", "lora_target_modules"):
-        kwargs[key] = tuple(kwargs[key])
+        kwargs[key] = tuple(kwargs[key]) if kwargs[key] is not None else None
     cfg = PruneConfig(**kwargs)
     log.info("prune %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:

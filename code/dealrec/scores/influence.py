@@ -11,6 +11,11 @@ with one random sample sₜ per step, averaged over ``iteration`` repeats. Its f
 derivatives of each sample's loss along h: one forward-mode pass (``torch.func.jvp``) per batch
 instead of one backward pass per sample. Each sample's negatives are fixed by the seed (the
 original redrew them on every call), or replaced by their expectation (``negatives="expected"``).
+
+The samples, their draw and the loss are the surrogate's objective's
+(:mod:`dealrec.surrogate.objective`): for BERT4Rec the cloze masks are drawn once per sample
+from the seed (so a sample's score is deterministic) and the loss is the full-softmax
+cross-entropy at its masked positions; ``negatives`` does not apply to it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
 from ..io import LOG, Timer
+from ..surrogate import SASREC_INFLUENCE_PARAMS
 from ..surrogate.loss import NEGATIVE_MODES, LossModule
-from ..surrogate.samples import SampleTensors, sample_negatives, trim_left
+from ..surrogate.objective import objective_of, trim_exact
+from ..surrogate.samples import SampleTensors, trim_left
 
-DEFAULT_PARAMS = ("item_encoder.layer.1.attention.dense.weight",)
+DEFAULT_PARAMS = SASREC_INFLUENCE_PARAMS  # SASRec's; each registered surrogate declares its own
 SOLVERS = ("lissa", "cg")
 
 Params = dict[str, torch.Tensor]
@@ -63,18 +70,22 @@ def _dot(a: Params, b: Params) -> torch.Tensor:
 
 
 class InfluenceProblem:
-    """The surrogate, its samples with fixed negatives, and the declared parameter subset."""
+    """The surrogate, its samples with fixed negatives (or masks), and the declared parameter subset.
+
+    ``samples`` are the objective's samples before the draw (``objective.build_samples``); the
+    draw from ``cfg.seed`` happens here and is kept (``self.samples``, ``self.neg``)."""
 
     def __init__(self, model: torch.nn.Module, samples: SampleTensors, cfg: InfluenceConfig) -> None:
         cfg.validate()
         self.model = model.eval()
         self.cfg = cfg
-        self.samples = samples
+        self.objective = objective_of(model)
+        self.trim = trim_exact(model)
         named = dict(model.named_parameters())
         unknown = [n for n in cfg.params if n not in named]
         if unknown:
             raise ValueError(f"unknown surrogate parameter(s) {unknown}; available: {sorted(named)}")
-        if cfg.negatives == "expected":
+        if cfg.negatives == "expected" and self.objective.uses_negatives:
             # A user with every item has no negative to average over: 0/0 = NaN in its loss, which
             # flows into v and from there into every score.
             n_seen = (samples.user_items > 0).sum(1)
@@ -87,16 +98,16 @@ class InfluenceProblem:
         self.params: Params = {n: named[n].detach().clone() for n in cfg.params}
         for param in model.parameters():  # only the declared subset is differentiated (torch.func)
             param.requires_grad_(False)
-        self.loss_module = LossModule(model, cfg.negatives)
+        self.loss_module = LossModule(model, cfg.negatives, self.objective.loss_terms)
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.neg = sample_negatives(samples, gen) if cfg.negatives == "sampled" else None
-        self.eligible = samples.eligible
+        self.samples, self.neg = self.objective.draw(samples, gen, cfg.negatives)
+        self.eligible = self.samples.eligible
 
     # -- losses as functions of the declared parameters -------------------------------------
     def terms(self, p: Params, idx: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.samples
         ids, pos, neg = s.input_ids[idx], s.target_pos[idx], self.neg[idx] if self.neg is not None else None
-        if trim:
+        if trim and self.trim:
             ids, pos, neg = trim_left(ids, pos, neg)
         items = s.user_items[idx]
         items = items[:, : max(int((items > 0).sum(1).max()), 1)]
@@ -120,6 +131,8 @@ class InfluenceProblem:
         (users × padded length) so that short samples are processed many at a time."""
         if max_positions is None:
             max_positions = self.cfg.chunk_positions
+        if max_positions is None:
+            max_positions = self.objective.chunk_positions
         if max_positions is None:
             max_positions = 4096 if self.cfg.negatives == "expected" else 32768
         lengths = (self.samples.input_ids[idx] > 0).sum(1).clamp(min=1)

@@ -1,29 +1,127 @@
 """Surrogate recommenders (paper §4.1) and their registry.
 
 A surrogate is an ``nn.Module`` with ``forward(input_ids [B, L]) -> [B, L, d]`` (left-padded
-item ids, 0 = padding) and an ``item_embeddings`` embedding whose row i scores item i. Register a
-new one with :func:`register_surrogate`; ``prune.sh``'s second argument picks it by name.
+item ids, 0 = padding) and an ``item_embeddings`` embedding whose row i scores item i. Each one
+is registered once, beside its factory, with :func:`register_surrogate`: its default influence
+parameter(s), its training objective (samples, random draws, per-sample loss, next-item
+prediction: :mod:`dealrec.surrogate.objective`) when it is not SASRec's next-item BCE, and the
+training settings in which it differs from SASRec's. ``prune.sh``'s second argument picks it by
+name; no stage of the pipeline looks at the name.
+
+Registered here:
+
+- ``SASRec`` — the paper's surrogate, the original's parameter names.
+- ``BERT4Rec`` — bidirectional Transformer with the cloze objective (full softmax at masked
+  positions), the surrogate of the paper's robustness study.
+- ``GRU4Rec`` — a GRU over the sequence with SASRec's next-item loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import nn
 
+from .bert4rec import BERT4Rec, BERT4RecConfig
+from .gru4rec import GRU4Rec, GRU4RecConfig
+from .objective import NEXT_ITEM, Cloze, Objective, objective_of, trim_exact
 from .sasrec import SASRec, SASRecConfig
 from .trainer import SurrogateConfig
 
-SURROGATES: dict[str, Callable[[int, SurrogateConfig], nn.Module]] = {}
+Factory = Callable[[int, SurrogateConfig], nn.Module]
 
 
-def register_surrogate(name: str) -> Callable:
-    def deco(factory: Callable[[int, SurrogateConfig], nn.Module]) -> Callable:
-        SURROGATES[name] = factory
+@dataclass(frozen=True)
+class SurrogateSpec:
+    """One registered surrogate.
+
+    - ``factory(n_items, cfg)``: a fresh model;
+    - ``influence_params``: the parameter(s) the influence score differentiates by default;
+    - ``objective``: samples, draws, loss and next-item prediction (default: SASRec's);
+    - ``defaults``: :class:`SurrogateConfig` fields whose default differs from SASRec's;
+    - ``trim_exact``: the outputs at real positions do not depend on the amount of left padding
+      (all-padding columns may be trimmed, batches split by length); False makes every stage use
+      full-width padded batches instead.
+    """
+
+    name: str
+    factory: Factory
+    influence_params: tuple[str, ...]
+    objective: Objective = NEXT_ITEM
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    trim_exact: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.defaults) - {f.name for f in dataclasses.fields(SurrogateConfig)}
+        if unknown:
+            raise ValueError(f"surrogate {self.name}: defaults name unknown SurrogateConfig fields {sorted(unknown)}")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    def __call__(self, n_items: int, cfg: SurrogateConfig) -> nn.Module:
+        return self.factory(n_items, cfg)
+
+    def config(self, **overrides: Any) -> SurrogateConfig:
+        """The training configuration: SASRec's defaults, this surrogate's ``defaults``, then ``overrides``."""
+        return SurrogateConfig(**{**self.defaults, **overrides})
+
+    def cache_key(self) -> dict:
+        """What of the registration (beyond its name and the training configuration) determines a
+        trained model: empty for the next-item objective, so SASRec's cache keys stay as they were."""
+        key = self.objective.key()
+        return {"objective": key} if key else {}
+
+
+SURROGATES: dict[str, SurrogateSpec] = {}
+
+# SASRec's influence parameter, as the original: the output projection of the last block's
+# self-attention.
+SASREC_INFLUENCE_PARAMS = ("item_encoder.layer.1.attention.dense.weight",)
+
+
+def register_surrogate(
+    name: str,
+    influence_params: tuple[str, ...] = SASREC_INFLUENCE_PARAMS,
+    objective: Objective = NEXT_ITEM,
+    defaults: Mapping[str, Any] | None = None,
+    trim_exact: bool = True,
+) -> Callable[[Factory], Factory]:
+    """Decorator registering ``factory(n_items, cfg) -> nn.Module`` under ``name``."""
+
+    def deco(factory: Factory) -> Factory:
+        SURROGATES[name] = SurrogateSpec(name, factory, tuple(influence_params), objective, defaults or {}, trim_exact)
         return factory
 
     return deco
+
+
+def surrogate_spec(name: str) -> SurrogateSpec:
+    try:
+        return SURROGATES[name]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {name!r}; registered: {', '.join(sorted(SURROGATES))}") from None
+
+
+def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
+    """A freshly initialised surrogate: the initial weights depend on ``cfg.seed`` only (the
+    global random state is left as it was). The model carries its registered objective
+    (``model.objective``) and ``trim_exact`` flag, which training, influence and evaluation read."""
+    spec = surrogate_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = spec.factory(n_items, cfg)
+    if spec.objective is not NEXT_ITEM:
+        model.objective = spec.objective
+    if not spec.trim_exact:
+        model.trim_exact = False
+    return model
+
+
+# -- the registered surrogates ----------------------------------------------------------------
 
 
 @register_surrogate("SASRec")
@@ -41,13 +139,59 @@ def _sasrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
     )
 
 
-def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
-    """A freshly initialised surrogate: the initial weights depend on ``cfg.seed`` only (the
-    global random state is left as it was)."""
-    try:
-        factory = SURROGATES[name]
-    except KeyError:
-        raise ValueError(f"unknown surrogate {name!r}; registered: {', '.join(sorted(SURROGATES))}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return factory(n_items, cfg)
+# BERT4Rec: SASRec's influence parameter has an exact counterpart — the same Transformer block,
+# so the output projection of the last block's self-attention ([d, d], 4,096 values at d = 64):
+# the last place where a position mixes in the other positions (now in both directions), as
+# small as SASRec's, and a linear layer (GraNd works on it). Paper defaults: dropout 0.1, mask
+# probability 0.2 for sparse data sets (Games is sparser than the paper's Beauty).
+@register_surrogate(
+    "BERT4Rec",
+    influence_params=("item_encoder.layer.1.attention.dense.weight",),
+    objective=Cloze(mask_prob=0.2),
+    defaults={"dropout": 0.1},
+)
+def _bert4rec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
+    return BERT4Rec(
+        BERT4RecConfig(
+            item_size=n_items + 1,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            max_seq_length=cfg.max_seq_length,
+        )
+    )
+
+
+# GRU4Rec: the counterpart of SASRec's parameter is the projection right after the sequence
+# mixing — ``dense`` maps the GRU state (which, like SASRec's attention, is where the positions
+# are combined) into the item space, [d, d] like SASRec's. Every target position's gradient goes
+# through it (the influence sees the whole sequence through the GRU state), it is a linear layer
+# (GraNd works on it), and the loss is convex in it, so the per-sample Hessians are PSD and
+# LiSSA is well posed. The GRU's own weights would add 3·2·d² = 24,576 values and a
+# backpropagation through time in every Hessian-vector product; they stay available with
+# --influence_params gru.weight_hh_l0. Dropout 0.3 on the embeddings, one layer (RecBole's
+# defaults for GRU4Rec).
+@register_surrogate(
+    "GRU4Rec",
+    influence_params=("dense.weight",),
+    defaults={"dropout": 0.3, "num_hidden_layers": 1},
+)
+def _gru4rec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
+    return GRU4Rec(
+        GRU4RecConfig(
+            item_size=n_items + 1,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers,
+            dropout=cfg.dropout,
+            max_seq_length=cfg.max_seq_length,
+        )
+    )
+
+
+__all__ = [
+    "NEXT_ITEM", "SASREC_INFLUENCE_PARAMS", "SURROGATES", "BERT4Rec", "Cloze", "GRU4Rec", "Objective", "SASRec",
+    "SurrogateConfig", "SurrogateSpec", "build_surrogate", "objective_of", "register_surrogate", "surrogate_spec",
+    "trim_exact",
+]

@@ -146,6 +146,41 @@ def sample_negatives_reference(
     return neg * mask
 
 
+def build_cloze_samples(train: list[list[int]], n_items: int, max_len: int = 50) -> SampleTensors:
+    """Cloze (BERT4Rec) samples from 0-based training sequences, before masking.
+
+    A user's sample is ``items[:-1]`` (1-based, the last ``max_len`` kept, left-padded): the same
+    items that the next-item sample reads (its inputs ``items[:-2]`` plus its last target), so
+    both objectives see the same data and a user is eligible under both exactly when it has
+    ≥ 3 training items (shorter sequences give an empty sample). ``target_pos`` holds the
+    unmasked sequence (every real position is a candidate target) until
+    :func:`draw_cloze_masks` picks the masked positions."""
+    seqs = [[i + 1 for i in s][:-1] if len(s) >= 3 else [] for s in train]
+    ids = _left_pad(seqs, max_len)
+    return SampleTensors(ids, ids.clone(), _pad_right([sorted({i + 1 for i in s}) for s in train]), n_items)
+
+
+def draw_cloze_masks(
+    samples: SampleTensors, mask_prob: float, mask_id: int, generator: torch.Generator | None = None
+) -> SampleTensors:
+    """Mask each real position of the (unmasked) cloze samples with probability ``mask_prob``
+    (BERT4Rec: the item is replaced by the ``[mask]`` token ``mask_id``); a sample that drew no
+    mask gets one at a uniformly drawn real position, so every non-empty sample has a target.
+    Returns samples whose ``input_ids`` hold the masked sequence and ``target_pos`` the original
+    item at masked positions (0 elsewhere). Deterministic given the generator's state."""
+    seq = samples.target_pos
+    real = seq > 0
+    masked = (torch.rand(seq.shape, generator=generator) < mask_prob) & real
+    none = real.any(1) & ~masked.any(1)
+    if bool(none.any()):
+        pick = (torch.rand(seq.shape, generator=generator) * real).argmax(1)
+        rows = none.nonzero(as_tuple=True)[0]
+        masked[rows, pick[rows]] = True
+    return SampleTensors(
+        torch.where(masked, torch.full_like(seq, mask_id), seq), seq * masked, samples.user_items, samples.n_items
+    )
+
+
 # Fixed cost of one more bucket's forward/backward pass, in padded positions: measured on Games
 # with bench/bench_surrogate.py (2 CPU threads; 256-4096 are within 15 % of each other).
 DEFAULT_BUCKET_OVERHEAD = 1024.0

@@ -11,6 +11,11 @@ stops after ``patience`` evaluations without improvement (0 = never).
 their own longest sequence, with the loss normalised once over the whole batch: the same
 gradient as the original padded batch (``batching="padded"``) at a fraction of the work, since
 most Games sequences are far shorter than ``max_seq_length``.
+
+The samples, their random part (negatives, or BERT4Rec's masks), the loss and the next-item
+prediction come from the model's objective (:mod:`dealrec.surrogate.objective`); a model whose
+outputs depend on the amount of left padding (``trim_exact`` False) is trained and evaluated on
+full-width padded batches whatever ``batching`` says.
 """
 
 from __future__ import annotations
@@ -24,16 +29,8 @@ from tqdm.auto import tqdm
 from ..data import RecData
 from ..io import LOG, Timer
 from ..metrics import DEFAULT_KS, topk_from_scores, topk_metrics
-from .loss import batch_loss, split_batch_loss
-from .samples import (
-    DEFAULT_BUCKET_OVERHEAD,
-    EvalInputs,
-    _pad_right,
-    build_eval,
-    build_samples,
-    sample_negatives,
-    trim_left,
-)
+from .objective import objective_of, trim_exact
+from .samples import DEFAULT_BUCKET_OVERHEAD, EvalInputs, _pad_right, build_eval, trim_left
 
 BATCHING = ("split", "padded")
 
@@ -82,8 +79,11 @@ def evaluate(
     Users are scored in batches of similar history length, each trimmed to its longest history
     (exact: positions are right-aligned and padding keys masked); users without any history
     keep the full padded width, as the original computed them. ``trim=False``: the original's
-    full-width batches (the reference)."""
+    full-width batches (the reference; also used for a model that is not ``trim_exact``). The
+    scoring state comes from the model's objective (SASRec: the last position's output)."""
     model.eval()
+    objective = objective_of(model)
+    trim = trim and trim_exact(model)
     emb = model.item_embeddings.weight
     n = len(ev.users)
     if not n:
@@ -96,7 +96,7 @@ def evaluate(
         ids = ev.input_ids[rows]
         if trim and bool((lengths[rows] > 0).all()):
             ids = trim_left(ids, ids)[0]
-        scores = model(ids.to(device))[:, -1, :] @ emb.T
+        scores = objective.next_state(model, ids.to(device)) @ emb.T
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         exclude[:, 0] = True
         seen = _pad_right([ev.exclude[r] for r in rows.tolist()]).to(device)
@@ -118,8 +118,14 @@ def train_surrogate(
     the best checkpoint. Validation and test always cover every user of ``data``."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    objective = objective_of(model)
+    split = cfg.batching == "split"
+    if split and not trim_exact(model):
+        LOG.info("surrogate %s is not invariant to left padding: padded batches instead of split ones",
+                 type(model).__name__)
+        split = False
     train_seqs = data.train if train_users is None else [data.train[u] for u in train_users]
-    samples = build_samples(train_seqs, data.n_items, cfg.max_seq_length)
+    samples = objective.build_samples(train_seqs, data.n_items, cfg.max_seq_length)
     valid, test = eval_sets(data, cfg.max_seq_length)
     model.to(device)
     optim = torch.optim.Adam(
@@ -132,17 +138,15 @@ def train_surrogate(
     for epoch in bar:
         with Timer() as t:
             model.train()
-            neg = sample_negatives(samples, gen)
+            drawn, neg = objective.draw(samples, gen)  # fresh negatives (or masks) every epoch
             order = torch.randperm(len(samples), generator=gen)
             total = 0.0
             n_batches = 0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                batch = (samples.input_ids[idx].to(device), samples.target_pos[idx].to(device), neg[idx].to(device))
-                if cfg.batching == "split":
-                    loss = split_batch_loss(model, *batch, overhead=cfg.bucket_overhead)
-                else:
-                    loss = batch_loss(model, *batch)
+                batch = (drawn.input_ids[idx].to(device), drawn.target_pos[idx].to(device),
+                         neg[idx].to(device) if neg is not None else None)
+                loss = objective.batch_loss(model, *batch, split=split, overhead=cfg.bucket_overhead)
                 optim.zero_grad()
                 loss.backward()
                 optim.step()

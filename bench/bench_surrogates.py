@@ -1,0 +1,345 @@
+"""SASRec, BERT4Rec and GRU4Rec as DEALRec's surrogate, on Games: does the surrogate change what
+DEALRec selects, and does it matter?
+
+    python bench/bench_surrogates.py --effort_scores results/surrogates/effort_first4000/effort.pt
+
+1. ``train``: each surrogate on all Games users through the pruning pipeline's own stage
+   (:func:`dealrec.prune.load_or_train_surrogate`, cached under ``<work>/scores``), the same
+   budget for all (``--epochs`` 20, evaluation every 5, best validation Recall@5 kept): test
+   Recall/NDCG@10/20, seconds per training epoch and per evaluation; a popularity ranking beside.
+2. ``influence``: each surrogate's influence scores on all users (the pipeline's stage, depth
+   5000, sampled negatives), again with another seed from the same checkpoint (the seed-to-seed
+   agreement each surrogate has with itself), and with expected negatives for the next-item
+   surrogates (``--expected``; seed-free).
+3. ``select``: Spearman correlations of the influence scores (eligible users), and overlaps of the
+   selected users: DEALRec (λ 0.3, k 50, n 1,024) among the first N users with ONE given effort
+   score file (effort does not depend on the surrogate; N = its length), and influence-only
+   coverage selection (λ 0) among all users; random selections and same-surrogate reruns as
+   references.
+4. ``signal``: a fresh SASRec trained on each selection only, evaluated on all test users — the
+   reproduction study's second signal (:meth:`dealrec.study.Study.sasrec_run`), for each
+   surrogate's DEALRec selection, a random selection and all N candidates.
+5. ``report``: ``<out>/{accuracy,agreement,signal}.json`` and ``<out>/REPORT.md``.
+
+Every stage is cached (``--work``), so a rerun only reports. Run with ``OMP_NUM_THREADS=1`` on a
+shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "code"))
+
+from dealrec.data import load_dataset  # noqa: E402
+from dealrec.hardware import describe  # noqa: E402
+from dealrec.io import LOG, load_tensor, read_json, setup_logging, write_json, write_text  # noqa: E402
+from dealrec.metrics import DEFAULT_KS, topk_from_scores, topk_metrics  # noqa: E402
+from dealrec.prune import (  # noqa: E402
+    PruneConfig,
+    _influence_file,
+    _surrogate_file,
+    compute_influence,
+    eligible_mask,
+    load_or_train_surrogate,
+)
+from dealrec.select import ScoreSet, run_strategy  # noqa: E402
+from dealrec.study import Study, StudyConfig  # noqa: E402
+from dealrec.surrogate import surrogate_spec  # noqa: E402
+from dealrec.surrogate.trainer import eval_sets  # noqa: E402
+
+KS = (10, 20)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data_dir", default=str(REPO / "data"))
+    a("--data_name", default="games")
+    a("--surrogates", nargs="+", default=["SASRec", "BERT4Rec", "GRU4Rec"])
+    a("--max_users", type=int, default=None, help="the first N users only (a quick check of the script)")
+    a("--epochs", type=int, default=20)
+    a("--eval_every", type=int, default=5)
+    a("--seed", type=int, default=42, help="training, influence and selection seed")
+    a("--seed2", type=int, default=43, help="the second influence seed (same checkpoint)")
+    a("--recursion_depth", type=int, default=5000)
+    a("--expected", action=argparse.BooleanOptionalAction, default=True,
+      help="also expected-negative influence for the next-item surrogates")
+    a("--effort_scores", default=None, help="effort scores of the first N users (one file for every surrogate)")
+    a("--n", type=int, default=1024)
+    a("--lamda", type=float, default=0.3)
+    a("--k", type=int, default=50)
+    a("--sasrec_seeds", type=int, nargs="+", default=[0, 1])
+    a("--work", default=str(REPO / "results" / "surrogates"))
+    a("--out", default=str(REPO / "docs" / "surrogates"))
+    a("--threads", type=int, default=1)
+    a("--only", choices=("train", "influence", "select", "signal", "report", "all"), default="all")
+    return p.parse_args(argv)
+
+
+def prune_config(args, name: str, **kw) -> PruneConfig:
+    base = dict(data_dir=args.data_dir, data_name=args.data_name, surrogate=name, epochs=args.epochs,
+                eval_every=args.eval_every, seed=args.seed, recursion_depth=args.recursion_depth,
+                max_users=args.max_users, score_dir=str(Path(args.work) / "scores"))
+    return PruneConfig(**{**base, **kw})
+
+
+def at(metrics: dict, ks=KS, computed=DEFAULT_KS) -> dict:
+    """{"Recall@10": …} from per-k lists computed at ``computed`` (the surrogate's default ks)."""
+    return {f"{m}@{k}": float(metrics[m][list(computed).index(k)]) for m in ("Recall", "NDCG") for k in ks}
+
+
+# -- 1. accuracy and time ---------------------------------------------------------------------------
+
+
+def train(args, data) -> dict:
+    out = {}
+    for name in args.surrogates:
+        cfg = prune_config(args, name)
+        load_or_train_surrogate(cfg, data)
+        m = read_json(_surrogate_file(cfg).with_name(_surrogate_file(cfg).name + ".json"))
+        out[name] = {
+            **at(m["test"]), "best_epoch": m["best_epoch"], "seconds_per_epoch": round(m["seconds_per_epoch"], 1),
+            "seconds_per_eval": round(m["seconds_per_eval"], 1), "train_seconds": round(m["seconds"], 1),
+            "valid_recall5_by_eval": [r["valid"]["Recall"][0] for r in m["history"] if "valid" in r],
+            "influence_params": list(cfg.influence_parameters), "config": m["params"]["config"],
+            "objective": m["params"].get("objective", "next-item BCE, one sampled negative"),
+        }
+        LOG.info("%s: %s", name, out[name])
+    return out
+
+
+@torch.no_grad()
+def popularity(data) -> dict:
+    """Test metrics of ranking by training-set popularity (train + valid items masked, as the surrogates)."""
+    _, test = eval_sets(data)
+    counts = torch.zeros(data.n_items + 1)
+    for seq in data.train:
+        for i in seq:
+            counts[i + 1] += 1
+    ks = DEFAULT_KS
+    ranked = torch.zeros(len(test.users), max(ks), dtype=torch.long)
+    for start in range(0, len(test.users), 1024):
+        rows = range(start, min(start + 1024, len(test.users)))
+        scores = counts[None].repeat(len(rows), 1)
+        exclude = torch.zeros_like(scores, dtype=torch.bool)
+        exclude[:, 0] = True
+        for r, u in enumerate(rows):
+            exclude[r, test.exclude[u]] = True
+        ranked[start:start + len(rows)] = topk_from_scores(scores, max(ks), exclude)
+    return at(topk_metrics(ranked, test.targets, ks))
+
+
+# -- 2. influence ---------------------------------------------------------------------------------
+
+
+def variants(args) -> list[tuple[str, str, dict]]:
+    """(label, surrogate, PruneConfig overrides) of every influence score compared."""
+    out = [(name, name, {}) for name in args.surrogates]
+    for name in args.surrogates:
+        ckpt = str(_surrogate_file(prune_config(args, name)))
+        out.append((f"{name} seed {args.seed2}", name, {
+            "seed": args.seed2, "surrogate_checkpoint": ckpt, "score_dir": str(Path(args.work) / f"scores_seed{args.seed2}")}))
+    if args.expected:
+        out += [(f"{name} expected", name, {"negatives": "expected"}) for name in args.surrogates
+                if surrogate_spec(name).objective.uses_negatives]
+    return out
+
+
+def influence(args, data) -> dict[str, torch.Tensor]:
+    scores, timing = {}, {}
+    for label, name, kw in variants(args):
+        cfg = prune_config(args, name, **kw)
+        model = load_or_train_surrogate(prune_config(args, name), data) if "surrogate_checkpoint" not in kw \
+            else load_or_train_surrogate(cfg, data)
+        scores[label] = compute_influence(cfg, data, model)
+        m = read_json(_influence_file(cfg).with_name(_influence_file(cfg).name + ".json"))
+        timing[label] = {k: round(v, 1) for k, v in m["timing"].items()} | {"seconds": round(m["seconds"], 1)}
+    return scores, timing
+
+
+# -- 3. agreement ---------------------------------------------------------------------------------
+
+
+def overlap(a: list[int], b: list[int]) -> float:
+    return len(set(a) & set(b)) / max(len(a), 1)
+
+
+def agreement(args, data, scores: dict[str, torch.Tensor]) -> dict:
+    elig = eligible_mask(data).numpy()
+    labels = list(scores)
+    spear = {}
+    for x, y in itertools.combinations(labels, 2):
+        spear[f"{x} | {y}"] = float(spearmanr(scores[x].numpy()[elig], scores[y].numpy()[elig]).statistic)
+    top = {}
+    n_top = int(0.1 * elig.sum())
+    tops = {lab: set(np.flatnonzero(elig)[np.argsort(-scores[lab].numpy()[elig], kind="stable")[:n_top]]) for lab in labels}
+    for x, y in itertools.combinations(labels, 2):
+        top[f"{x} | {y}"] = len(tops[x] & tops[y]) / n_top
+    sel = {}
+    # (a) DEALRec among the first N users, one effort file for all surrogates
+    if args.effort_scores:
+        effort = load_tensor(args.effort_scores)
+        n_pool = len(effort)
+        pool_elig = eligible_mask(data.subset_users(n_pool))
+        dealrec = {}
+        for lab in labels:
+            s = ScoreSet(influence=scores[lab][:n_pool], effort=effort, eligible=pool_elig)
+            dealrec[lab] = [int(i) for i in run_strategy("dealrec", s, args.n, seed=args.seed, lamda=args.lamda,
+                                                          k=args.k, hard_prune=0.1).indices]
+        main = args.surrogates[0]
+        s = ScoreSet(influence=scores[main][:n_pool], effort=effort, eligible=pool_elig)
+        dealrec[f"{main} selection seed {args.seed2}"] = [int(i) for i in run_strategy(
+            "dealrec", s, args.n, seed=args.seed2, lamda=args.lamda, k=args.k, hard_prune=0.1).indices]
+        for seed in (args.seed, args.seed2):
+            dealrec[f"random seed {seed}"] = [int(i) for i in run_strategy("random", s, args.n, seed=seed).indices]
+        sel["dealrec"] = {
+            "pool_users": n_pool, "eligible": int(pool_elig.sum()), "n": args.n, "lamda": args.lamda, "k": args.k,
+            "effort_scores": str(args.effort_scores), "selections": dealrec,
+            "overlap": {f"{x} | {y}": overlap(dealrec[x], dealrec[y]) for x, y in itertools.combinations(dealrec, 2)},
+        }
+    # (b) influence-only coverage selection among all users (no effort score)
+    inf_only = {}
+    for lab in labels:
+        s = ScoreSet(influence=scores[lab], eligible=elig)
+        inf_only[lab] = [int(i) for i in run_strategy("influence", s, args.n, seed=args.seed, k=args.k,
+                                                      hard_prune=0.1).indices]
+    for seed in (args.seed, args.seed2):
+        inf_only[f"random seed {seed}"] = [int(i) for i in run_strategy("random", s, args.n, seed=seed).indices]
+    sel["influence_only"] = {
+        "pool_users": data.n_users, "eligible": int(elig.sum()), "n": args.n, "k": args.k,
+        "overlap": {f"{x} | {y}": overlap(inf_only[x], inf_only[y]) for x, y in itertools.combinations(inf_only, 2)},
+    }
+    return {"spearman": spear, "top10_overlap": top, "selection": sel, "n_eligible": int(elig.sum())}
+
+
+# -- 4. SASRec on each selection -----------------------------------------------------------------
+
+
+def signal(args, selections: dict[str, list[int]], n_pool: int) -> dict:
+    study = Study(StudyConfig(data_dir=args.data_dir, data_name=args.data_name, out_dir=str(Path(args.work) / "study"),
+                              n=args.n, pool_users=n_pool, strategies=("dealrec",), seeds=tuple(args.sasrec_seeds)))
+    runs = {lab: users for lab, users in selections.items()
+            if lab in args.surrogates or lab == f"random seed {args.seed}"}
+    runs["all candidates"] = study.candidates
+    out = {}
+    for lab, users in runs.items():
+        rows = [study.sasrec_run(f"sel-{lab}", seed, users) for seed in args.sasrec_seeds]
+        out[lab] = {"n_users": len(users), "runs": rows,
+                    **{m: float(np.mean([r[m] for r in rows])) for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")},
+                    **{f"{m} std": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0
+                       for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")}}
+        LOG.info("SASRec on %s: %s", lab, {k: v for k, v in out[lab].items() if k != "runs"})
+    return out
+
+
+# -- 5. report ------------------------------------------------------------------------------------
+
+
+def matrix(values: dict[str, float], fmt: str = "{:.3f}") -> list[str]:
+    """A Markdown table of pairwise values keyed "x | y" (upper triangle; the diagonal is 1)."""
+    labels = []
+    for pair in values:
+        for lab in pair.split(" | "):
+            if lab not in labels:
+                labels.append(lab)
+    lines = ["| | " + " | ".join(labels[1:]) + " |", "|---" * len(labels) + "|"]
+    for i, x in enumerate(labels[:-1]):
+        cells = []
+        for j, y in enumerate(labels[1:], start=1):
+            v = values.get(f"{x} | {y}", values.get(f"{y} | {x}"))
+            cells.append(fmt.format(v) if j > i and v is not None else "")
+        lines.append(f"| {x} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(args, acc: dict, pop: dict, timing: dict, agree: dict, sig: dict | None, machine: str) -> str:
+    lines = [f"# Surrogates on {args.data_name}: " + ", ".join(acc), "",
+             f"Machine: {machine}. Written {time.strftime('%Y-%m-%d %H:%M')} by `bench/bench_surrogates.py`.", "",
+             f"## Accuracy and time ({args.epochs} epochs, evaluation every {args.eval_every}, best validation "
+             "Recall@5 kept; trained on all users, full ranking of all items, all test users)", "",
+             "| surrogate | objective | Recall@10 | Recall@20 | NDCG@10 | NDCG@20 | best epoch | s / epoch | s / eval |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in acc.items():
+        obj = "cloze, full softmax" if "cloze" in str(r["objective"]) else "next item, BCE"
+        lines.append(f"| {name} | {obj} | {r['Recall@10']:.4f} | {r['Recall@20']:.4f} | {r['NDCG@10']:.4f} | "
+                     f"{r['NDCG@20']:.4f} | {r['best_epoch']} | {r['seconds_per_epoch']:.1f} | {r['seconds_per_eval']:.1f} |")
+    lines.append(f"| popularity | – | {pop['Recall@10']:.4f} | {pop['Recall@20']:.4f} | {pop['NDCG@10']:.4f} | "
+                 f"{pop['NDCG@20']:.4f} | – | – | – |")
+    lines += ["", "Influence stage on all users, seconds (v / LiSSA / scores): " + "; ".join(
+        f"{lab} {t['seconds']:.0f} ({t.get('v_s', 0):.0f} / {t.get('lissa_s', 0):.0f} / {t.get('scores_s', 0):.0f})"
+        for lab, t in timing.items()) + ".", "",
+        f"## Spearman correlation of the influence scores ({agree['n_eligible']} eligible users)", "",
+        f"`<name> seed {args.seed2}`: the same checkpoint, another influence seed (negatives or masks, LiSSA "
+        "samples); `<name> expected`: expected negatives (seed-free).", "", *matrix(agree["spearman"]), "",
+        "Top-10 % overlap (share of the 10 % highest-scored users that both scores put there):", "",
+        *matrix(agree["top10_overlap"], "{:.2f}")]
+    for key, title in (("dealrec", "DEALRec selections"), ("influence_only", "Influence-only selections (λ 0, no effort)")):
+        sel = agree["selection"].get(key)
+        if not sel:
+            continue
+        lines += ["", f"## {title}: share of the {sel['n']} selected users in common", "",
+                  f"Pool: the first {sel['pool_users']} users ({sel['eligible']} eligible); selection seed {args.seed} "
+                  f"unless named; `random seed s`: a uniform random selection.", "", *matrix(sel["overlap"])]
+    if sig:
+        lines += ["", "## A fresh SASRec trained on each DEALRec selection only (all test users; mean ± std over "
+                  f"seeds {args.sasrec_seeds})", "", "| selection | users | Recall@10 | Recall@20 | NDCG@10 | NDCG@20 |",
+                  "|---|---|---|---|---|---|"]
+        for lab, r in sig.items():
+            cells = " | ".join(f"{r[m]:.4f} ± {r[m + ' std']:.4f}" for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20"))
+            lines.append(f"| {lab} | {r['n_users']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    setup_logging(Path(args.work) / "bench_surrogates.log")
+    machine = describe()
+    LOG.info("machine: %s", machine)
+    data = load_dataset(args.data_dir, args.data_name).subset_users(args.max_users)
+    out = Path(args.out)
+    work = Path(args.work)
+    acc = train(args, data)
+    if args.only == "train":
+        return 0
+    pop_file = work / "popularity.json"
+    if not pop_file.is_file():
+        write_json(pop_file, popularity(data))
+    pop = read_json(pop_file)
+    scores, timing = influence(args, data)
+    if args.only == "influence":
+        return 0
+    agree = agreement(args, data, scores)
+    if args.only == "select":
+        write_json(work / "agreement.json", agree)
+        return 0
+    sig = None
+    if "dealrec" in agree["selection"] and args.only in ("signal", "all", "report"):
+        sel = agree["selection"]["dealrec"]
+        sig = signal(args, sel["selections"], sel["pool_users"])
+    selections = agree["selection"].get("dealrec", {}).pop("selections", None)
+    write_json(out / "accuracy.json", {"machine": machine, "data": args.data_name, "epochs": args.epochs,
+                                       "eval_every": args.eval_every, "seed": args.seed, "surrogates": acc,
+                                       "popularity": pop, "influence_timing": timing})
+    write_json(out / "agreement.json", {"machine": machine, **agree, "dealrec_selections": selections})
+    if sig is not None:
+        write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
+            StudyConfig(n=args.n).sasrec_config(0)), "rows": sig})
+    write_text(out / "REPORT.md", report(args, acc, pop, timing, agree, sig, machine))
+    LOG.info("wrote %s", out / "REPORT.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
