@@ -84,6 +84,9 @@ class PruneConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     effort_target: str = "lora_B"
     effort_batch_tokens: int = 4096
+    effort_precision: str = "fp32"  # frozen layers below the target: fp32 | bf16 | int8 | auto
+    force_precision: bool = False
+    effort_prefix: bool = True  # shared-prompt-prefix reuse (exact)
     quantization: str | None = None
     # given score files
     influence_scores: str | None = None
@@ -115,7 +118,7 @@ class PruneConfig:
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name} {path}: no such file")
         InfluenceConfig(**self._influence_kwargs()).validate()
-        self.effort_config().validate()
+        self.effort_config().validate(self.device)
         if self.resume_from_checkpoint:
             from .llm import check_adapter, lora_config
 
@@ -142,7 +145,8 @@ class PruneConfig:
             base_model=self.base_model, target=self.effort_target, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
             lora_target_modules=tuple(self.lora_target_modules), resume_from_checkpoint=self.resume_from_checkpoint,
             cutoff_len=self.cutoff_len, max_batch_tokens=self.effort_batch_tokens, seed=self.seed,
-            quantization=self.quantization,
+            quantization=self.quantization, precision=self.effort_precision, force_precision=self.force_precision,
+            prefix_reuse=self.effort_prefix,
         )
 
 
@@ -226,7 +230,8 @@ def compute_influence(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -
 def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     path = _effort_file(cfg)
     ecfg = cfg.effort_config()
-    key = {**_data_key(cfg, data), "model": model_id(cfg.base_model), "config": dataclasses.asdict(ecfg)}
+    key = {**_data_key(cfg, data), "model": model_id(cfg.base_model), "config": dataclasses.asdict(ecfg),
+           "precision": ecfg.resolved_precision(cfg.device)}
     if cached(path, key):
         LOG.info("effort: reusing %s", path)
         return load_tensor(path)
@@ -240,7 +245,10 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     if int(os.environ.get("RANK", 0)) != 0:
         return scores
     save_tensor(path, scores)
-    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9))
+    from .hardware import describe
+
+    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9),
+                   precision_ran=em.precision, machine=describe())
     shutil.rmtree(path.with_name(path.stem + ".chunks"), ignore_errors=True)
     return scores
 

@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--lora_target_modules", nargs="+", default=list(d.lora_target_modules))
     a("--effort_target", choices=("lora_B", "base"), default=d.effort_target)
     a("--effort_batch_tokens", type=int, default=d.effort_batch_tokens)
+    a("--effort_precision", choices=("fp32", "bf16", "int8", "auto"), default=d.effort_precision,
+      help="frozen layers below the effort target layer: auto = bf16 where the CPU has native bf16, else fp32")
+    a("--force_precision", action="store_true", help="error instead of falling back to fp32 when bf16 is not native")
+    a("--no_effort_prefix", dest="effort_prefix", action="store_false",
+      help="run every prompt's shared prefix again (the exact result either way; for comparison)")
     a("--quantization", choices=("8bit", "4bit"), default=None)
     a("--influence_scores", default=None, help="use this influence score file")
     a("--effort_scores", default=None, help="use this effort score file")
