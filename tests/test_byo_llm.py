@@ -166,6 +166,25 @@ def test_early_llama_folder_is_repaired(byo_models, tmp_path, caplog):
     assert "differ from its tokenizer's" in caplog.text
 
 
+def test_tokenizer_that_appends_eos(byo_models, tmp_path):
+    """``add_eos_token: true`` (some Llama-2 set-ups): one EOS in training, none at inference."""
+    from dealrec.generate import _encode
+
+    path = shutil.copytree(byo_models["llama-sp"], tmp_path / "eos")
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**cfg, "add_eos_token": True}))
+    tok = llm.load_tokenizer(path)
+    assert tok("Halo 3")["input_ids"][-1] == tok.eos_token_id
+    ex = {"instruction": "Recommend.", "input": "Halo 3; Portal 2;", "output": "Fez"}
+    enc = tokenize_prompt(tok, ex, CUTOFF, train_on_inputs=False)
+    assert enc["input_ids"][-1] == tok.eos_token_id and enc["input_ids"][-2] != tok.eos_token_id
+    target = [i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100]
+    assert tok.decode(target, skip_special_tokens=True).strip() == "Fez" and target[-1] == tok.eos_token_id
+    (ids,) = _encode(tok, [ex], CUTOFF)
+    assert ids[0] == tok.bos_token_id and ids[-1] != tok.eos_token_id
+    assert ids == tok(prompt_of(ex, with_output=False))["input_ids"][:-1]
+
+
 # ------------------------------------------------------------------------------------------------
 # gen_fewshot: truncation and the labels mask
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +215,7 @@ def test_prompts_fit_and_labels_mask(byo_models, byo_data, fewshot, users, name)
         target = [i for i, lab in zip(ids, resp["labels"]) if lab != -100]
         assert target[-1] == tok.eos_token_id
         assert tok.decode(target[:-1]).strip() == ex["output"]
-    assert truncated >= 4  # the cutoff did cut histories, keeping the newest titles, target and EOS
+    assert truncated >= 2  # the cutoff did cut histories, keeping the newest titles, target and EOS
 
     batch = DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt", label_pad_token_id=-100)(
         [tokenize_prompt(tok, ex, CUTOFF) for ex in rows])
@@ -334,7 +353,8 @@ def test_generation_left_pads_keeps_bos_and_batches_like_single(byo_models, fews
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_inference_and_grounding(byo_models, byo_data, fewshot, trained, tmp_path, name):
+def test_inference_and_grounding(byo_models, byo_data, fewshot, trained, tmp_path, monkeypatch, name):
+    monkeypatch.setenv("DEALREC_CACHE", str(tmp_path / "cache"))  # item embeddings of a throw-away model
     cfg, res = trained(name)
     result = tmp_path / "res.json"
     recs = run_inference(InferenceConfig(
@@ -355,7 +375,7 @@ def test_inference_and_grounding(byo_models, byo_data, fewshot, trained, tmp_pat
                               tokenizer=tok, progress=False)
     assert report["n_predictions"] == 6 and report["base_model"] == llm.model_id(byo_models[name])
     assert len(report["Recall"]) == len(report["ks"]) and all(0 <= v <= 1 for v in report["Recall"])
-    assert (tmp_path / "res.metrics.json").is_file()
+    assert (tmp_path / "res.metrics.json").is_file() and list((tmp_path / "cache" / "embeddings").glob("games-*.pt"))
 
 
 @pytest.mark.slow
@@ -468,3 +488,19 @@ def test_warm_start_refuses_empty_and_foreign_adapters(byo_models, trained, tmp_
     # The Qwen adapter on the LLaMA model: same names, other shapes.
     with pytest.raises(ModelError, match="cannot load the adapter into this base model"):
         llm.add_lora(llm.load_base_model(byo_models["llama-sp"]), lcfg, src)
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/gpu_check.sh on a machine without a GPU
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi: run the check itself")
+def test_gpu_check_without_a_gpu_says_so_and_exits_3(tmp_path):
+    script = REPO / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "GPU_CHECK_DIR": str(tmp_path / "w")})
+    assert proc.returncode == 3
+    assert proc.stdout.strip() == "gpu_check: no CUDA device: nothing to check (no working nvidia-smi)"
+    assert not (tmp_path / "w").exists()  # nothing was prepared
