@@ -87,14 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     log_name = args.log_name or time.strftime(f"{args.data_name}_%Y%m%d-%H%M%S")
     log = setup_logging(HERE / "logs" / f"{log_name}.log")
     from dealrec.io import resolve_device
+    from dealrec.llm import parse_modules
 
     fields = {f.name for f in dataclasses.fields(PruneConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
     kwargs["device"] = str(resolve_device(args.gpu_id))
     subset = f"_first{args.max_users}" if args.max_users else ""
     kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / f"{args.data_name}{subset}")
-    for key in ("influence_params", "lora_target_modules"):
-        kwargs[key] = tuple(kwargs[key])
+    kwargs["influence_params"] = tuple(kwargs["influence_params"])
+    kwargs["lora_target_modules"] = tuple(parse_modules(kwargs["lora_target_modules"]))
     cfg = PruneConfig(**kwargs)
     log.info("prune %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
