@@ -74,6 +74,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save", default=None, help="folder to keep/reuse each mode's scores")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    p.add_argument("--reuse_chunks", default=None, metavar="MODE:DIR",
+                   help="take MODE's agreement scores from a finished prune effort.chunks folder (same prompts)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -89,13 +91,23 @@ def main() -> None:
     report: dict = {"machine": describe(), "cutoff_len": a.cutoff_len, "target": a.target, "timing": {},
                     "agreement": {}}
 
+    if a.reuse_chunks:
+        mode, folder = a.reuse_chunks.split(":", 1)
+        files = sorted(Path(folder).glob("chunk_*.pt"))
+        got = torch.cat([torch.load(f, weights_only=True) for f in files]) if files else torch.zeros(0)
+        if len(got) < a.agree_n:
+            raise SystemExit(f"--reuse_chunks: {folder} holds {len(got)} scores, fewer than --agree_n {a.agree_n}")
+        if save is None:
+            raise SystemExit("--reuse_chunks needs --save")
+        save.mkdir(parents=True, exist_ok=True)
+        torch.save({"scores": got[: a.agree_n], "seconds": float("nan")}, save / f"effort_{mode}_{a.agree_n}.pt")
     ids = ids_all[: a.n]
     n_tok = sum(len(r) for r in ids)
-    print(f"\n{describe()}\n{len(ids)} Games prompts, {n_tok} tokens (mean {n_tok / len(ids):.0f}), cutoff "
-          f"{a.cutoff_len}, target {a.target}")
+    print(f"\n{describe()}\n{len(ids)} Games prompts, {n_tok} tokens (mean {n_tok / max(len(ids), 1):.0f}), "
+          f"cutoff {a.cutoff_len}, target {a.target}")
     ref = None
     t_old = None
-    for mode in a.modes.split(","):
+    for mode in [m for m in a.modes.split(",") if m]:
         s, sec = scores(mode, base, ids, None)
         if mode == "old":
             ref, t_old = s, sec

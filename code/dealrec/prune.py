@@ -67,6 +67,7 @@ class PruneConfig:
     lr: float = 1e-3
     patience: int = 5
     eval_every: int = 5
+    surrogate_batching: str = "split"  # exact length buckets; "padded" = the original's full-width batches
     # influence
     influence_params: tuple[str, ...] = DEFAULT_PARAMS
     recursion_depth: int = 5000
@@ -84,7 +85,7 @@ class PruneConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     effort_target: str = "lora_B"
     effort_batch_tokens: int = 4096
-    effort_precision: str = "fp32"  # frozen layers below the target: fp32 | bf16 | int8 | auto
+    effort_precision: str = "auto"  # frozen layers below the target: fp32 | bf16 | int8 | auto (bf16 iff native)
     force_precision: bool = False
     effort_prefix: bool = True  # shared-prompt-prefix reuse (exact)
     quantization: str | None = None
@@ -117,6 +118,7 @@ class PruneConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name} {path}: no such file")
+        self.surrogate_config()  # raises on an unknown --surrogate_batching
         InfluenceConfig(**self._influence_kwargs()).validate()
         self.effort_config().validate(self.device)
         if self.resume_from_checkpoint:
@@ -131,7 +133,7 @@ class PruneConfig:
     def surrogate_config(self) -> SurrogateConfig:
         return SurrogateConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-            eval_every=self.eval_every, seed=self.seed,
+            eval_every=self.eval_every, seed=self.seed, batching=self.surrogate_batching,
         )
 
     def _influence_kwargs(self) -> dict:

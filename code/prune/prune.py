@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--lr", type=float, default=d.lr)
     a("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping (0 = never)")
     a("--eval_every", type=int, default=d.eval_every)
+    a("--surrogate_batching", choices=("split", "padded"), default=d.surrogate_batching,
+      help="split: each batch as exact length buckets (same gradient, ~10x faster); padded: the original's")
     # influence
     a("--influence_params", nargs="+", default=list(d.influence_params))
     a("--recursion_depth", type=int, default=d.recursion_depth)
