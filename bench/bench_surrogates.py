@@ -12,14 +12,14 @@ DEALRec selects, and does it matter?
    agreement each surrogate has with itself), and with expected negatives for the next-item
    surrogates (``--expected``; seed-free).
 3. ``select``: Spearman correlations of the influence scores (eligible users), and overlaps of the
-   selected users: DEALRec (λ 0.3, k 50, n 1,024) among the first N users with ONE given effort
-   score file (effort does not depend on the surrogate; N = its length), and influence-only
-   coverage selection (λ 0) among all users; random selections and same-surrogate reruns as
-   references.
+   selected users: DEALRec (λ 0.3, k 50, ``--n`` 128) among the first N users with ONE given
+   effort score file (effort does not depend on the surrogate; N = its length), and
+   influence-only coverage selection (λ 0, ``--n_all`` 1,024) among all users; random
+   selections and same-surrogate reruns as references.
 4. ``signal``: a fresh SASRec trained on each selection only, evaluated on all test users — the
    reproduction study's second signal (:meth:`dealrec.study.Study.sasrec_run`), for each
-   surrogate's DEALRec selection, a random selection and all N candidates.
-5. ``report``: ``<out>/{accuracy,agreement,signal}.json`` and ``<out>/REPORT.md``.
+   surrogate's selections, a random selection and (DEALRec) all N candidates.
+5. ``report``: ``<out>/{accuracy,agreement,selections,signal}.json`` and ``<out>/REPORT.md``.
 
 Every stage is cached (``--work``), so a rerun only reports. Run with ``OMP_NUM_THREADS=1`` on a
 shared machine.
@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--expected", action=argparse.BooleanOptionalAction, default=True,
       help="also expected-negative influence for the next-item surrogates")
     a("--effort_scores", default=None, help="effort scores of the first N users (one file for every surrogate)")
-    a("--n", type=int, default=1024)
+    a("--n", type=int, default=128, help="DEALRec selection size among the --effort_scores users")
+    a("--n_all", type=int, default=1024, help="influence-only selection size among all users")
     a("--lamda", type=float, default=0.3)
     a("--k", type=int, default=50)
     a("--sasrec_seeds", type=int, nargs="+", default=[0, 1])
@@ -212,12 +213,12 @@ def agreement(args, data, scores: dict[str, torch.Tensor]) -> dict:
     inf_only = {}
     for lab in labels:
         s = ScoreSet(influence=scores[lab], eligible=elig)
-        inf_only[lab] = [int(i) for i in run_strategy("influence", s, args.n, seed=args.seed, k=args.k,
+        inf_only[lab] = [int(i) for i in run_strategy("influence", s, args.n_all, seed=args.seed, k=args.k,
                                                       hard_prune=0.1).indices]
     for seed in (args.seed, args.seed2):
-        inf_only[f"random seed {seed}"] = [int(i) for i in run_strategy("random", s, args.n, seed=seed).indices]
+        inf_only[f"random seed {seed}"] = [int(i) for i in run_strategy("random", s, args.n_all, seed=seed).indices]
     sel["influence_only"] = {
-        "pool_users": data.n_users, "eligible": int(elig.sum()), "n": args.n, "k": args.k,
+        "pool_users": data.n_users, "eligible": int(elig.sum()), "n": args.n_all, "k": args.k, "selections": inf_only,
         "overlap": {f"{x} | {y}": overlap(inf_only[x], inf_only[y]) for x, y in itertools.combinations(inf_only, 2)},
     }
     return {"spearman": spear, "top10_overlap": top, "selection": sel, "n_eligible": int(elig.sum())}
@@ -226,12 +227,16 @@ def agreement(args, data, scores: dict[str, torch.Tensor]) -> dict:
 # -- 4. SASRec on each selection -----------------------------------------------------------------
 
 
-def signal(args, selections: dict[str, list[int]], n_pool: int) -> dict:
-    study = Study(StudyConfig(data_dir=args.data_dir, data_name=args.data_name, out_dir=str(Path(args.work) / "study"),
-                              n=args.n, pool_users=n_pool, strategies=("dealrec",), seeds=tuple(args.sasrec_seeds)))
+def signal(args, kind: str, selections: dict[str, list[int]], n: int, n_pool: int | None) -> dict:
+    """SASRec trained on each surrogate's selection and a random one (and, for a pool of the first
+    N users, on all its candidates), with the reproduction study's recipe and code."""
+    study = Study(StudyConfig(data_dir=args.data_dir, data_name=args.data_name,
+                              out_dir=str(Path(args.work) / f"study_{kind}"), n=n, pool_users=n_pool,
+                              strategies=("dealrec",), seeds=tuple(args.sasrec_seeds)))
     runs = {lab: users for lab, users in selections.items()
             if lab in args.surrogates or lab == f"random seed {args.seed}"}
-    runs["all candidates"] = study.candidates
+    if n_pool is not None:
+        runs["all candidates"] = study.candidates
     out = {}
     for lab, users in runs.items():
         rows = [study.sasrec_run(f"sel-{lab}", seed, users) for seed in args.sasrec_seeds]
@@ -284,18 +289,21 @@ def report(args, acc: dict, pop: dict, timing: dict, agree: dict, sig: dict | No
         "samples); `<name> expected`: expected negatives (seed-free).", "", *matrix(agree["spearman"]), "",
         "Top-10 % overlap (share of the 10 % highest-scored users that both scores put there):", "",
         *matrix(agree["top10_overlap"], "{:.2f}")]
-    for key, title in (("dealrec", "DEALRec selections"), ("influence_only", "Influence-only selections (λ 0, no effort)")):
+    for key, title in (("dealrec", "DEALRec selections (λ 0.3, effort of the first N users)"),
+                       ("influence_only", "Influence-only selections among all users (λ 0, no effort)")):
         sel = agree["selection"].get(key)
         if not sel:
             continue
         lines += ["", f"## {title}: share of the {sel['n']} selected users in common", "",
                   f"Pool: the first {sel['pool_users']} users ({sel['eligible']} eligible); selection seed {args.seed} "
                   f"unless named; `random seed s`: a uniform random selection.", "", *matrix(sel["overlap"])]
-    if sig:
-        lines += ["", "## A fresh SASRec trained on each DEALRec selection only (all test users; mean ± std over "
-                  f"seeds {args.sasrec_seeds})", "", "| selection | users | Recall@10 | Recall@20 | NDCG@10 | NDCG@20 |",
-                  "|---|---|---|---|---|---|"]
-        for lab, r in sig.items():
+    titles = {"dealrec": "DEALRec selections", "influence_only": "influence-only selections"}
+    for kind, rows in (sig or {}).items():
+        sel = agree["selection"][kind]
+        lines += ["", f"## A fresh SASRec trained on the {titles[kind]} only ({sel['n']} users; all test users; "
+                  f"mean ± std over seeds {args.sasrec_seeds})", "",
+                  "| selection | users | Recall@10 | Recall@20 | NDCG@10 | NDCG@20 |", "|---|---|---|---|---|---|"]
+        for lab, r in rows.items():
             cells = " | ".join(f"{r[m]:.4f} ± {r[m + ' std']:.4f}" for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20"))
             lines.append(f"| {lab} | {r['n_users']} | {cells} |")
     return "\n".join(lines) + "\n"
@@ -324,18 +332,18 @@ def main(argv=None) -> int:
     if args.only == "select":
         write_json(work / "agreement.json", agree)
         return 0
-    sig = None
-    if "dealrec" in agree["selection"] and args.only in ("signal", "all", "report"):
-        sel = agree["selection"]["dealrec"]
-        sig = signal(args, sel["selections"], sel["pool_users"])
-    selections = agree["selection"].get("dealrec", {}).pop("selections", None)
+    sig = {}
+    for kind, sel in agree["selection"].items():
+        sig[kind] = signal(args, kind, sel["selections"], sel["n"],
+                           sel["pool_users"] if sel["pool_users"] < data.n_users else None)
+    selections = {kind: sel.pop("selections") for kind, sel in agree["selection"].items()}
     write_json(out / "accuracy.json", {"machine": machine, "data": args.data_name, "epochs": args.epochs,
                                        "eval_every": args.eval_every, "seed": args.seed, "surrogates": acc,
                                        "popularity": pop, "influence_timing": timing})
-    write_json(out / "agreement.json", {"machine": machine, **agree, "dealrec_selections": selections})
-    if sig is not None:
-        write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
-            StudyConfig(n=args.n).sasrec_config(0)), "rows": sig})
+    write_json(out / "agreement.json", {"machine": machine, **agree})
+    write_json(out / "selections.json", selections)
+    write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
+        StudyConfig(n=args.n).sasrec_config(0)), "rows": sig})
     write_text(out / "REPORT.md", report(args, acc, pop, timing, agree, sig, machine))
     LOG.info("wrote %s", out / "REPORT.md")
     return 0

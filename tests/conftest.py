@@ -124,3 +124,45 @@ def model():
     from dealrec import llm
 
     return llm.load_base_model(None)
+
+
+# -- bring-your-own-LLM fixtures: tiny random models in the layouts users bring ------------------
+
+
+@pytest.fixture(scope="session")
+def byo_data(tmp_path_factory):
+    """Games when linked, else a synthetic data set in the authors' format (same phrases)."""
+    from dealrec.data import load_dataset
+
+    if (DATA_DIR / "games").is_dir():
+        return load_dataset(DATA_DIR, "games", check_dicts=False)
+    from dealrec.tiny_models import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("byo_data")
+    write_synthetic_dataset(root, "games", n_users=60)
+    return load_dataset(root, "games", check_dicts=False)
+
+
+@pytest.fixture(scope="session")
+def byo_models(tmp_path_factory):
+    """``{name: folder}``: ``llama-sp`` (LlamaForCausalLM + sentencepiece tokenizer.model only, as the
+    LLaMA-7B folders of 2023), ``llama-json`` (the same model and tokenizer as tokenizer.json) and
+    ``qwen2`` (Qwen2ForCausalLM, byte-level BPE, q/k/v biases, tied embeddings, pad = eos).
+    Tokenizers trained here on the Games titles (or a built-in list): nothing is downloaded."""
+    from dealrec.tiny_models import make_llama, make_qwen2, train_sentencepiece, training_texts
+
+    root = tmp_path_factory.mktemp("byo_models")
+    texts = training_texts(DATA_DIR)
+    sp = train_sentencepiece(texts, vocab_size=800)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = {
+            "llama-sp": make_llama(root / "llama-sp", sp_model=sp, seed=0),
+            "llama-json": make_llama(root / "llama-json", sp_model=sp, seed=0, tokenizer_json=True),
+            "qwen2": make_qwen2(root / "qwen2", texts, vocab_size=800, seed=0),
+        }
+    finally:
+        torch.set_num_threads(n)
+    (models["llama-json"] / "tokenizer.model").unlink()  # tokenizer.json alone (as Llama-3 and later)
+    return models

@@ -191,11 +191,15 @@ def test_batched_norms_equal_loop(models, token_ids, target):
     ref = em.norms_loop(token_ids)
     assert (ref > 0).all() and torch.isfinite(ref).all()
     REFERENCE[target] = ref
+    em.cfg.prefix_reuse = False  # the padded batches (no shared-prefix reuse)
     for side in ("right", "left"):
         em.tokenizer.padding_side = side
         got = em.norms(token_ids, progress=False)
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=0, msg=lambda m, s=side: f"{s} padding: {m}")
     em.tokenizer.padding_side = "right"
+    em.cfg.prefix_reuse = True
+    # The shared-prefix path: the rows share only the first 24 tokens (one is cut there).
+    torch.testing.assert_close(em.norms(token_ids, progress=False), ref, rtol=1e-4, atol=0)
 
 
 @pytest.mark.slow
@@ -218,9 +222,9 @@ def test_effort_scores_chunks_resume_and_key(models, examples, tmp_path, monkeyp
     calls = []
     real_norms = em.norms
 
-    def counting(ids, progress=True, desc="effort"):
+    def counting(ids, progress=True, desc="effort", bar=None):
         calls.append(len(ids))
-        return real_norms(ids, progress=progress, desc=desc)
+        return real_norms(ids, progress=progress, desc=desc, bar=bar)
 
     monkeypatch.setattr(em, "norms", counting)
     chunk_dir = tmp_path / "effort.chunks"
@@ -247,7 +251,7 @@ def test_effort_scores_chunks_resume_and_key(models, examples, tmp_path, monkeyp
     assert calls == [1]
 
     # Another key drops every chunk and recomputes.
-    monkeypatch.setattr(em, "norms", lambda ids, progress=True, desc="effort": torch.full((len(ids),), 7.0))
+    monkeypatch.setattr(em, "norms", lambda ids, progress=True, desc="effort", bar=None: torch.full((len(ids),), 7.0))
     other = effort_scores(em, ex, chunk_dir, "key-b", progress=False)
     assert other.tolist() == [7.0, 0.0, 7.0, 0.0, 0.0]
     assert read_json(chunk_dir / "key.json") == {"key": "key-b"}

@@ -103,13 +103,21 @@ def test_default_dtype_on_cpu():
 # -- warm-start adapters ------------------------------------------------------------------------
 
 
-def write_adapter(path, r=8, alpha=16, targets=("q_proj", "v_proj"), weights="adapter_model.safetensors"):
+def write_adapter(path, r=8, alpha=16, targets=("q_proj", "v_proj"), weights="adapter_model.safetensors", state=None):
+    """An adapter folder whose weights file holds one lora_A/lora_B pair per target (or ``state``)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(
         json.dumps({"r": r, "lora_alpha": alpha, "target_modules": list(targets), "peft_type": "LORA"})
     )
-    if weights:
-        (path / weights).write_bytes(b"\0")
+    if state is None:
+        state = {f"base_model.model.model.layers.0.self_attn.{t}.lora_{ab}.weight": torch.ones(r, r)
+                 for t in targets for ab in "AB"}
+    if weights == "adapter_model.safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path / weights))
+    elif weights:
+        torch.save(state, path / weights)
     return path
 
 
@@ -151,3 +159,37 @@ def test_check_adapter_mismatch(tmp_path, saved, wanted):
     path = write_adapter(tmp_path / "a", **saved)
     with pytest.raises(ModelError, match="adapter_config.json has .* but the run asks for"):
         check_adapter(path, lora_config(**wanted))
+
+
+def test_check_adapter_refuses_empty_or_unreadable_weights(tmp_path):
+    cfg = lora_config()
+    with pytest.raises(ModelError, match="holds 0 tensor.*saved empty"):
+        check_adapter(write_adapter(tmp_path / "a", state={}), cfg)
+    with pytest.raises(ModelError, match="saved empty"):  # the old alpaca-lora symptom, .bin
+        check_adapter(write_adapter(tmp_path / "b", weights="adapter_model.bin", state={}), cfg)
+    bad = write_adapter(tmp_path / "c")
+    (bad / "adapter_model.safetensors").write_bytes(b"\0")
+    with pytest.raises(ModelError, match="cannot read adapter_model.safetensors"):
+        check_adapter(bad, cfg)
+    prefix = write_adapter(tmp_path / "d")
+    cfg_json = json.loads((prefix / "adapter_config.json").read_text())
+    (prefix / "adapter_config.json").write_text(json.dumps({**cfg_json, "peft_type": "PREFIX_TUNING"}))
+    with pytest.raises(ModelError, match="PREFIX_TUNING adapter, not LoRA"):
+        check_adapter(prefix, cfg)
+
+
+def test_check_adapter_mismatch_message_names_both_and_the_fix(tmp_path):
+    path = write_adapter(tmp_path / "a", r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+    with pytest.raises(ModelError) as err:
+        check_adapter(path, lora_config())
+    msg = str(err.value)
+    assert "has r=16, lora_alpha=16, target_modules=[k_proj, o_proj, q_proj, v_proj]" in msg
+    assert "the run asks for r=8, lora_alpha=16, target_modules=[q_proj, v_proj]" in msg
+    assert "--lora_r 16 --lora_alpha 16 --lora_target_modules k_proj o_proj q_proj v_proj" in msg
+    assert "LORA_R=16 LORA_ALPHA=16 LORA_TARGET_MODULES=k_proj,o_proj,q_proj,v_proj" in msg
+
+
+@pytest.mark.parametrize("given", [["q_proj", "v_proj"], ["q_proj,v_proj"], ["[q_proj,v_proj]"], ["['q_proj', 'v_proj']"],
+                                   "q_proj,v_proj"])
+def test_parse_modules(given):
+    assert llm.parse_modules(given) == ["q_proj", "v_proj"]

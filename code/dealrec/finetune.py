@@ -31,6 +31,7 @@ import torch
 from .io import LOG, Timer, cache_key, file_hash, read_json, seed_everything, write_json
 from .llm import (
     add_lora,
+    align_special_tokens,
     check_adapter,
     default_dtype,
     load_base_model,
@@ -213,6 +214,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.resume_from_checkpoint:
         check_adapter(cfg.resume_from_checkpoint, lcfg)
     model = load_base_model(cfg.base_model, device, dtype=dtype, quantization=cfg.quantization)
+    align_special_tokens(model, tokenizer)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 

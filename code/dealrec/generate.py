@@ -31,12 +31,20 @@ RECORD_FIELDS = ("predict", "output", "user", "target_ids")
 
 
 def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int | None) -> list[list[int]]:
-    """Token ids of the inference prompts; over-long prompts lose their oldest tokens."""
+    """Token ids of the inference prompts, as in training (BOS when the tokenizer adds one).
+
+    An EOS that the tokenizer appends (``add_eos_token``) is dropped: the model must continue
+    the prompt. Over-long prompts lose their oldest tokens after the BOS, which is kept.
+    """
+    bos, eos = getattr(tokenizer, "bos_token_id", None), tokenizer.eos_token_id
     out = []
     for ex in examples:
         ids = list(tokenizer(prompt_of(ex, with_output=False))["input_ids"])
+        if len(ids) > 1 and eos is not None and ids[-1] == eos:
+            ids = ids[:-1]
         if cutoff_len and len(ids) > cutoff_len:
-            ids = ids[-cutoff_len:]
+            head = [bos] if bos is not None and ids[0] == bos and cutoff_len > 1 else []
+            ids = head + ids[len(ids) - cutoff_len + len(head):]
         out.append(ids)
     return out
 
@@ -220,19 +228,17 @@ def _barrier(world: int) -> None:
 
 
 def _load_model(cfg: InferenceConfig, device: torch.device) -> tuple[Any, Any]:
-    from .llm import load_base_model, load_tokenizer
+    from .llm import align_special_tokens, load_adapter, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.base_model, padding_side="left")
     model = load_base_model(cfg.base_model, device, quantization=cfg.quantization)
+    align_special_tokens(model, tokenizer)
     if cfg.lora_weights:
-        from peft import PeftModel
-
         w = Path(cfg.lora_weights)
         if not (w / "adapter_config.json").is_file():
             raise FileNotFoundError(f"--lora_weights {w}: no adapter_config.json; is fine-tuning finished?")
-        model = PeftModel.from_pretrained(model, str(w))
+        model = load_adapter(model, w, flag="--lora_weights")
     model.eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 

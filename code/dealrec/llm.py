@@ -109,21 +109,121 @@ def model_id(base_model: str | os.PathLike | None) -> str:
     return str(Path(base_model).expanduser().resolve())
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token entry of tokenizer_config.json: a string or an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _sentencepiece_overrides(path: Path) -> dict[str, Any]:
+    """Keyword overrides for LLaMA folders holding only a sentencepiece ``tokenizer.model``.
+
+    Checks that sentencepiece and protobuf are installed (transformers needs both to convert
+    ``tokenizer.model``; without them it fails with a misleading tiktoken error), and repairs
+    the folders converted in early 2023 (e.g. decapoda-research/llama-7b-hf):
+    ``tokenizer_class: LLaMATokenizer`` (loaded as a generic tokenizer that adds no BOS) and
+    empty ``bos_token``/``eos_token``/``unk_token`` strings (which transformers 5 cannot load,
+    and which older versions mapped to id 0): the special tokens are then taken from the
+    sentencepiece model itself (``<s>``/``</s>``/``<unk>``) and BOS is added as LLaMA expects.
+    """
+    if not (path / "tokenizer.model").is_file() or (path / "tokenizer.json").is_file():
+        return {}
+    missing = [name for name, mod in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+               if not _importable(mod)]
+    if missing:
+        raise ModelError(
+            f"--base_model {path}: its tokenizer is a sentencepiece tokenizer.model (no tokenizer.json), which "
+            f"needs the Python package(s) {' and '.join(missing)}: pip install sentencepiece protobuf "
+            "(dependencies of this package; reinstall with `pip install -e .`)"
+        )
+    cfg = {**_read_json(path / "special_tokens_map.json"), **_read_json(path / "tokenizer_config.json")}
+    legacy_class = cfg.get("tokenizer_class") == "LLaMATokenizer"
+    names = ("bos_token", "eos_token", "unk_token")
+    broken = [k for k in names if _token_text(cfg.get(k)) == "" or (legacy_class and not _token_text(cfg.get(k)))]
+    if not broken and not legacy_class:
+        return {}
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    ids = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id()}
+    out: dict[str, Any] = {k: sp.id_to_piece(ids[k]) for k in broken if ids[k] >= 0}
+    if legacy_class:
+        out["add_bos_token"] = cfg.get("add_bos_token", True)
+        out["add_eos_token"] = cfg.get("add_eos_token", False)
+    LOG.warning(
+        "%s: repairing an early LLaMA tokenizer folder (tokenizer_class %s, empty special tokens %s): using %s",
+        path, cfg.get("tokenizer_class"), [k for k in broken if _token_text(cfg.get(k)) == ""] or "none", out,
+    )
+    return out
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def load_tokenizer(base_model: str | os.PathLike | None, padding_side: str = "left") -> Any:
+    """The tokenizer of ``base_model``, with a pad token and the padding side set.
+
+    Pad: the tokenizer's own; else unk when it differs from eos (LLaMA: id 0, as the original
+    alpaca-lora recipe sets it), else eos (Llama-3, ...). The pad id never reaches a loss or an
+    output: batches carry attention masks and labels are padded with -100.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_base_model(base_model)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **_sentencepiece_overrides(path))
+    if tok.eos_token_id is None:
+        raise ModelError(
+            f"{path}: the tokenizer has no eos_token; training appends it to every example and generation stops "
+            "on it. Set eos_token in tokenizer_config.json"
+        )
     if tok.pad_token_id is None:
         # Prefer a token different from EOS (as the original's unk), else EOS.
         if tok.unk_token_id is not None and tok.unk_token_id != tok.eos_token_id:
             tok.pad_token = tok.unk_token
-        elif tok.eos_token is not None:
-            tok.pad_token = tok.eos_token
         else:
-            raise ModelError(f"{path}: the tokenizer has neither a pad, unk nor eos token")
+            tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
     return tok
+
+
+def align_special_tokens(model: Any, tokenizer: Any) -> dict[str, tuple[Any, Any]]:
+    """Make the model's config and generation config use the tokenizer's pad/eos/bos ids.
+
+    The tokenizer decides (it wrote the training examples): early LLaMA conversions carry
+    ``pad_token_id -1, bos 0, eos 1`` in config.json while their tokenizer says pad 0 (unk),
+    bos 1, eos 2. An eos list in generation_config.json (Qwen instruct, Llama-3) is kept when it
+    contains the tokenizer's eos. Returns the changed fields ``{name: (old, new)}`` (logged).
+    """
+    changed: dict[str, tuple[Any, Any]] = {}
+    wanted = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if getattr(tokenizer, "bos_token_id", None) is not None:
+        wanted["bos_token_id"] = tokenizer.bos_token_id
+    for where, cfg in (("config", getattr(model, "config", None)), ("generation_config", getattr(model, "generation_config", None))):
+        if cfg is None:
+            continue
+        for name, value in wanted.items():
+            old = getattr(cfg, name, None)
+            if old == value or (name == "eos_token_id" and isinstance(old, (list, tuple)) and value in old):
+                continue
+            setattr(cfg, name, value)
+            changed[f"{where}.{name}"] = (old, value)
+    conflicts = {k: v for k, v in changed.items() if v[0] is not None}
+    if conflicts:
+        LOG.warning("the model's special token ids differ from its tokenizer's; using the tokenizer's: %s",
+                    ", ".join(f"{k} {a} -> {b}" for k, (a, b) in conflicts.items()))
+    return changed
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
@@ -186,39 +286,149 @@ def lora_config(
     )
 
 
+def parse_modules(values: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Target modules from the command line: ``q_proj v_proj``, ``q_proj,v_proj`` or ``[q_proj,v_proj]``."""
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for v in values:
+        out += [m.strip().strip("'\"") for m in v.strip().strip("[]").split(",") if m.strip().strip("'\"")]
+    return out
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_keys(adapter_dir: str | os.PathLike, flag: str = "--resume_from_checkpoint") -> list[str]:
+    """The tensor names stored in an adapter folder's weights file."""
+    path = Path(adapter_dir)
+    for name in ADAPTER_WEIGHTS:
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt") as fh:
+                    return list(fh.keys())
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
+            raise ModelError(f"{flag} {path}: cannot read {name} ({type(e).__name__}: {e})") from e
+        if not isinstance(state, dict):
+            raise ModelError(f"{flag} {path}: {name} does not hold a state dict")
+        return list(state)
+    raise ModelError(f"{flag} {path}: neither adapter_model.safetensors nor adapter_model.bin found")
+
+
+def _lora_shape(cfg: Any) -> dict[str, Any]:
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    targets = get("target_modules") or []
+    if isinstance(targets, str):  # peft allows a regular expression
+        targets = [targets]
+    return {"r": get("r"), "lora_alpha": get("lora_alpha"), "target_modules": sorted(targets)}
+
+
+def _describe(shape: dict[str, Any]) -> str:
+    return f"r={shape['r']}, lora_alpha={shape['lora_alpha']}, target_modules=[{', '.join(shape['target_modules'])}]"
+
+
 def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
-    """Validate a warm-start adapter folder against the requested LoRA config."""
+    """Validate a warm-start adapter folder against the requested LoRA config.
+
+    A warm start continues the adapter, so its shape must be the run's: a different rank,
+    alpha or set of target modules is an error naming both (and the flags that match the
+    adapter); the run's dropout applies. An adapter whose weights file holds no LoRA tensors
+    (the empty ``adapter_model.bin`` that old alpaca-lora/peft combinations saved) is refused.
+    """
     path = Path(adapter_dir)
     if not path.is_dir():
         raise ModelError(f"--resume_from_checkpoint {path}: no such directory")
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing")
-    weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if (path / f).is_file()]
-    if not weights:
+    if not any((path / f).is_file() for f in ADAPTER_WEIGHTS):
         raise ModelError(
             f"--resume_from_checkpoint {path}: neither adapter_model.safetensors nor adapter_model.bin found"
         )
-    saved = json.loads(cfg_file.read_text())
-    wanted = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
-    have = {
-        "r": saved.get("r"),
-        "lora_alpha": saved.get("lora_alpha"),
-        "target_modules": sorted(saved.get("target_modules") or []),
-    }
+    saved = _read_json(cfg_file)
+    if saved.get("peft_type", "LORA") != "LORA":
+        raise ModelError(f"--resume_from_checkpoint {path}: a {saved.get('peft_type')} adapter, not LoRA")
+    have, wanted = _lora_shape(saved), _lora_shape(config)
     if have != wanted:
+        mods = have["target_modules"]
         raise ModelError(
-            f"--resume_from_checkpoint {path}: adapter_config.json has {have} but the run asks for {wanted}; "
-            "pass matching --lora_r/--lora_alpha/--lora_target_modules"
+            f"--resume_from_checkpoint {path}: adapter_config.json has {_describe(have)} but the run asks for "
+            f"{_describe(wanted)}. A warm start continues the adapter, so the run must match it: pass "
+            f"--lora_r {have['r']} --lora_alpha {have['lora_alpha']} --lora_target_modules {' '.join(mods)} "
+            f"(finetune.sh: LORA_R={have['r']} LORA_ALPHA={have['lora_alpha']} LORA_TARGET_MODULES={','.join(mods)})"
         )
+    _require_lora_tensors(path, adapter_keys(path))
     return path
 
 
+def _require_lora_tensors(path: Path, keys: list[str], flag: str = "--resume_from_checkpoint") -> None:
+    if not any("lora_A" in k for k in keys) or not any("lora_B" in k for k in keys):
+        raise ModelError(
+            f"{flag} {path}: the weights file holds {len(keys)} tensor(s) and no lora_A/lora_B weights: the "
+            "adapter was saved empty (a known problem of old alpaca-lora/peft versions); re-save it or use another"
+        )
+
+
+def verify_adapter_loaded(model: Any, adapter_dir: str | os.PathLike, flag: str = "--resume_from_checkpoint") -> None:
+    """Every LoRA weight of the PeftModel ``model`` came from the adapter file, and every tensor of
+    the file was used (peft only warns, and an empty or mismatched adapter then silently leaves the
+    fresh initialisation in place)."""
+    from peft.utils import get_peft_model_state_dict
+
+    path = Path(adapter_dir)
+    keys = adapter_keys(path, flag)
+    _require_lora_tensors(path, keys, flag)
+    expected = set(get_peft_model_state_dict(model))
+    missing, unused = sorted(expected - set(keys)), sorted(set(keys) - expected)
+    if missing or unused:
+        base = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        raise ModelError(
+            f"{flag} {path}: the adapter does not fit this base model ({len(missing)} LoRA weight(s) of the model "
+            f"not in the adapter, e.g. {missing[:2]}; {len(unused)} adapter tensor(s) unused, e.g. {unused[:2]}). "
+            f"It was made for base model {base!r}; use an adapter of the same model"
+        )
+
+
+def load_adapter(
+    model: Any, adapter_dir: str | os.PathLike, trainable: bool = False, dropout: float | None = None,
+    flag: str = "--lora_weights",
+) -> Any:
+    """``PeftModel.from_pretrained`` + :func:`verify_adapter_loaded`; ``dropout`` overrides the saved one."""
+    from peft import PeftConfig, PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"{flag} {path}: no adapter_config.json; is fine-tuning finished?")
+    saved = PeftConfig.from_pretrained(str(path))
+    if dropout is not None:
+        saved.lora_dropout = dropout
+    try:
+        loaded = PeftModel.from_pretrained(model, str(path), is_trainable=trainable, config=saved)
+    except (RuntimeError, ValueError) as e:
+        base = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        raise ModelError(
+            f"{flag} {path}: cannot load the adapter into this base model (made for {base!r}): "
+            f"{str(e).strip().splitlines()[0][:300]}"
+        ) from e
+    verify_adapter_loaded(loaded, path, flag)
+    return loaded
+
+
 def add_lora(model: Any, config: Any, adapter_dir: str | os.PathLike | None = None, trainable: bool = True) -> Any:
-    """Wrap ``model`` with LoRA, fresh or loaded from a validated adapter folder."""
-    from peft import PeftModel, get_peft_model
+    """Wrap ``model`` with LoRA, fresh or loaded from a validated adapter folder.
+
+    A loaded adapter keeps its own shape (validated to equal ``config``'s) and takes
+    ``config``'s dropout; its weights must cover the model's LoRA modules exactly.
+    """
+    from peft import get_peft_model
 
     if adapter_dir:
-        check_adapter(adapter_dir, config)
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        path = check_adapter(adapter_dir, config)
+        return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout, flag="--resume_from_checkpoint")
     return get_peft_model(model, config)

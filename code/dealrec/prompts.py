@@ -10,14 +10,18 @@ To add a data set, register its two phrases with :func:`register_dataset`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+LOG = logging.getLogger("dealrec")  # = dealrec.io.LOG (this module stays free of torch)
 
 PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request. "
 )
 RESPONSE_MARK = "### Response:"
+_WARNED_CUTOFFS: set[int] = set()
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,14 @@ def build_example(
     if lo >= 1:
         return {"instruction": instruction, "input": format_input(data_name, history[-lo:]), "output": target}
     # Even the newest title alone does not fit: keep it, cut by tokens.
-    budget = cutoff_len - _n_tokens(tokenizer, full(0)) - 2
+    n_bare = _n_tokens(tokenizer, full(0))
+    if n_bare > cutoff_len and cutoff_len not in _WARNED_CUTOFFS:
+        _WARNED_CUTOFFS.add(cutoff_len)
+        LOG.warning(
+            "cutoff_len %d is shorter than the prompt without any history (%d tokens with this tokenizer): "
+            "training prompts lose their target title and EOS; raise --cutoff_len", cutoff_len, n_bare,
+        )
+    budget = cutoff_len - n_bare - 2
     newest_ids = tokenizer(history[-1], add_special_tokens=False)["input_ids"]
     kept_title = tokenizer.decode(newest_ids[: max(budget, 0)]).strip() if budget > 0 else ""
     kept = [kept_title] if kept_title else []
@@ -157,6 +168,13 @@ def tokenize_prompt(
         ids.append(eos)
     labels = list(ids)
     if not train_on_inputs:
-        n_user = len(tokenizer(prompt_of(example, with_output=False), truncation=True, max_length=cutoff_len)["input_ids"])
+        user = tokenizer(prompt_of(example, with_output=False), truncation=True, max_length=cutoff_len)["input_ids"]
+        # The prompt's tokens are a prefix of the full text's, except where a tokenizer merges the
+        # last prompt token with the response or appends EOS to the prompt: mask the common prefix.
+        n_user = 0
+        for a, b in zip(user, ids):
+            if a != b:
+                break
+            n_user += 1
         labels = [-100] * n_user + labels[n_user:]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

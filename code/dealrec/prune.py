@@ -71,6 +71,7 @@ class PruneConfig:
     lr: float = 1e-3
     patience: int = 5
     eval_every: int = 5
+    surrogate_batching: str = "split"  # exact length buckets; "padded" = the original's full-width batches
     # influence
     influence_params: tuple[str, ...] | None = None  # None: the surrogate's registered parameter(s)
     recursion_depth: int = 5000
@@ -88,6 +89,9 @@ class PruneConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     effort_target: str = "lora_B"
     effort_batch_tokens: int = 4096
+    effort_precision: str = "auto"  # frozen layers below the target: fp32 | bf16 | int8 | auto (bf16 iff native)
+    force_precision: bool = False
+    effort_prefix: bool = True  # shared-prompt-prefix reuse (exact)
     quantization: str | None = None
     # given score files
     influence_scores: str | None = None
@@ -118,6 +122,7 @@ class PruneConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name} {path}: no such file")
+        self.surrogate_config()  # raises on an unknown --surrogate_batching
         InfluenceConfig(**self._influence_kwargs()).validate()
         if self.influence_params:  # names checked on a one-item skeleton of the surrogate (milliseconds)
             named = dict(build_surrogate(self.surrogate, 1, self.surrogate_config()).named_parameters())
@@ -125,7 +130,7 @@ class PruneConfig:
             if unknown:
                 raise ValueError(f"--influence_params {unknown} are not parameters of {self.surrogate}; "
                                  f"available: {', '.join(sorted(named))}")
-        self.effort_config().validate()
+        self.effort_config().validate(self.device)
         if self.resume_from_checkpoint:
             from .llm import check_adapter, lora_config
 
@@ -144,7 +149,7 @@ class PruneConfig:
         """The surrogate's training configuration (its registered defaults, then these options)."""
         return surrogate_spec(self.surrogate).config(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-            eval_every=self.eval_every, seed=self.seed,
+            eval_every=self.eval_every, seed=self.seed, batching=self.surrogate_batching,
         )
 
     def _influence_kwargs(self) -> dict:
@@ -158,7 +163,8 @@ class PruneConfig:
             base_model=self.base_model, target=self.effort_target, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
             lora_target_modules=tuple(self.lora_target_modules), resume_from_checkpoint=self.resume_from_checkpoint,
             cutoff_len=self.cutoff_len, max_batch_tokens=self.effort_batch_tokens, seed=self.seed,
-            quantization=self.quantization,
+            quantization=self.quantization, precision=self.effort_precision, force_precision=self.force_precision,
+            prefix_reuse=self.effort_prefix,
         )
 
 
@@ -255,7 +261,8 @@ def compute_influence(cfg: PruneConfig, data: RecData, model: torch.nn.Module) -
 def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     path = _effort_file(cfg)
     ecfg = cfg.effort_config()
-    key = {**_data_key(cfg, data), "model": model_id(cfg.base_model), "config": dataclasses.asdict(ecfg)}
+    key = {**_data_key(cfg, data), "model": model_id(cfg.base_model), "config": dataclasses.asdict(ecfg),
+           "precision": ecfg.resolved_precision(cfg.device)}
     if cached(path, key):
         LOG.info("effort: reusing %s", path)
         return load_tensor(path)
@@ -269,7 +276,10 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     if int(os.environ.get("RANK", 0)) != 0:
         return scores
     save_tensor(path, scores)
-    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9))
+    from .hardware import describe
+
+    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9),
+                   precision_ran=em.precision, machine=describe())
     shutil.rmtree(path.with_name(path.stem + ".chunks"), ignore_errors=True)
     return scores
 

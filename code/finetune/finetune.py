@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dealrec.finetune import FinetuneConfig, train
 from dealrec.io import setup_logging
-from dealrec.llm import ModelError
+from dealrec.llm import ModelError, parse_modules
 
 
 def str2bool(v: str) -> bool:
@@ -25,11 +25,6 @@ def str2bool(v: str) -> bool:
     if v.lower() in {"0", "false", "no", "n"}:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
-
-
-def modules(v: str) -> list[str]:
-    """``q_proj,v_proj`` or the original's ``[q_proj,v_proj]``."""
-    return [m.strip().strip("'\"") for m in v.strip("[]").split(",") if m.strip()]
 
 
 def first(v: list[str] | None) -> str | None:
@@ -58,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--lora_alpha", type=int, default=16)
     p.add_argument("--lora_dropout", type=float, default=0.05)
-    p.add_argument("--lora_target_modules", type=modules, default=["q_proj", "v_proj"])
+    p.add_argument("--lora_target_modules", nargs="+", default=["q_proj", "v_proj"],
+                   help="q_proj v_proj, q_proj,v_proj or the original's [q_proj,v_proj]")
     p.add_argument("--train_on_inputs", type=str2bool, nargs="?", const=True, default=True)
     p.add_argument("--group_by_length", type=str2bool, nargs="?", const=True, default=True)
-    p.add_argument("--resume_from_checkpoint", default=None, help="warm-start LoRA adapter folder")
+    p.add_argument("--resume_from_checkpoint", default=None,
+                   help="warm-start LoRA adapter folder; its r/alpha/target modules must equal the run's")
     p.add_argument("--eval_steps", type=int, default=100)
     p.add_argument("--early_stopping_patience", type=int, default=5)
     p.add_argument("--max_steps", type=int, default=-1, help="stop after N optimiser steps (demos)")
@@ -79,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         base_model=a.base_model, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
         num_epochs=a.num_epochs, learning_rate=a.learning_rate, warmup_steps=a.warmup_steps,
         cutoff_len=a.cutoff_len, val_set_size=a.val_set_size, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-        lora_dropout=a.lora_dropout, lora_target_modules=a.lora_target_modules,
+        lora_dropout=a.lora_dropout, lora_target_modules=parse_modules(a.lora_target_modules),
         train_on_inputs=a.train_on_inputs, group_by_length=a.group_by_length, eval_steps=a.eval_steps,
         early_stopping_patience=a.early_stopping_patience, resume_from_checkpoint=a.resume_from_checkpoint,
         quantization=None if a.quantization == "none" else a.quantization, seed=a.seed, sample=a.sample,

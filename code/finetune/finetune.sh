@@ -6,7 +6,8 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # Usage: bash finetune.sh <data_name> [--preset cpu-demo | cpu-demo]
 # Environment: SEEDS ("0"), N_FEWSHOT (1024), BASE_MODEL (embedded SmolLM2-135M), PRESET,
 #   SELECTED (selection file; default ../prune/selected/<data>_<n>.pt),
-#   WARM_START (warm-start LoRA adapter, the original's alpaca-lora-7B), GPU_IDS (all visible),
+#   WARM_START (warm-start LoRA adapter, the original's alpaca-lora-7B; its rank, alpha and target
+#   modules must equal LORA_R (8), LORA_ALPHA (16), LORA_TARGET_MODULES (q_proj,v_proj)), GPU_IDS (all visible),
 #   DATA_DIR (folder holding <data_name>/; default: the repository's data/).
 # Outputs (relative to this folder): data/<data>/, model/<data>/<seed>_<n>/,
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
@@ -22,6 +23,7 @@ PRESET=${PRESET:-}
 if [[ "${2:-}" == "--preset" ]]; then PRESET=${3:?--preset needs a name}; elif [[ -n "${2:-}" ]]; then PRESET=$2; fi
 SEEDS=${SEEDS:-0}
 N_FEWSHOT=${N_FEWSHOT:-1024}
+LORA_R=${LORA_R:-8}; LORA_ALPHA=${LORA_ALPHA:-16}; LORA_TARGET_MODULES=${LORA_TARGET_MODULES:-q_proj,v_proj}
 BASE_MODEL=${BASE_MODEL:-smollm2-135m-instruct}
 LOG_DIR="$HERE/logs/$DATASET"
 mkdir -p "$LOG_DIR"
@@ -74,8 +76,8 @@ for SEED in $SEEDS; do
              --val_data_path "data/$DATASET/valid/valid-$N_FEWSHOT.json"
              --output_dir "model/$DATASET/$RUN"
              --batch_size "$BATCH_SIZE" --micro_batch_size "$MICRO_BATCH" --num_epochs "$NUM_EPOCHS"
-             --learning_rate "$LR" --warmup_steps "$WARMUP" --cutoff_len "$CUTOFF" --lora_r 8 --lora_alpha 16 --lora_dropout 0.05
-             --lora_target_modules '[q_proj,v_proj]' --train_on_inputs --group_by_length
+             --learning_rate "$LR" --warmup_steps "$WARMUP" --cutoff_len "$CUTOFF" --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout 0.05
+             --lora_target_modules "$LORA_TARGET_MODULES" --train_on_inputs --group_by_length
              --seed "$SEED" --sample "$N_FEWSHOT" --max_steps "$MAX_STEPS" --eval_steps "$EVAL_STEPS"
              --log_file "$LOG_DIR/finetune_$RUN.log")
     [[ -n "$VAL_SET_SIZE" ]] && FT_ARGS+=(--val_set_size "$VAL_SET_SIZE" --logging_steps 1)

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--lr", type=float, default=d.lr)
     a("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping (0 = never)")
     a("--eval_every", type=int, default=d.eval_every)
+    a("--surrogate_batching", choices=("split", "padded"), default=d.surrogate_batching,
+      help="split: each batch as exact length buckets (same gradient, ~10x faster); padded: the original's")
     # influence
     a("--influence_params", nargs="+", default=None,
       help="surrogate parameter(s) of the influence score (default: the surrogate's registered ones; "
@@ -74,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--lora_target_modules", nargs="+", default=list(d.lora_target_modules))
     a("--effort_target", choices=("lora_B", "base"), default=d.effort_target)
     a("--effort_batch_tokens", type=int, default=d.effort_batch_tokens)
+    a("--effort_precision", choices=("fp32", "bf16", "int8", "auto"), default=d.effort_precision,
+      help="frozen layers below the effort target layer: auto = bf16 where the CPU has native bf16, else fp32")
+    a("--force_precision", action="store_true", help="error instead of falling back to fp32 when bf16 is not native")
+    a("--no_effort_prefix", dest="effort_prefix", action="store_false",
+      help="run every prompt's shared prefix again (the exact result either way; for comparison)")
     a("--quantization", choices=("8bit", "4bit"), default=None)
     a("--influence_scores", default=None, help="use this influence score file")
     a("--effort_scores", default=None, help="use this effort score file")
@@ -85,14 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     log_name = args.log_name or time.strftime(f"{args.data_name}_%Y%m%d-%H%M%S")
     log = setup_logging(HERE / "logs" / f"{log_name}.log")
     from dealrec.io import resolve_device
+    from dealrec.llm import parse_modules
 
     fields = {f.name for f in dataclasses.fields(PruneConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
     kwargs["device"] = str(resolve_device(args.gpu_id))
     subset = f"_first{args.max_users}" if args.max_users else ""
     kwargs["score_dir"] = args.score_dir or str(HERE / "scores" / f"{args.data_name}{subset}")
-    for key in ("influence_params", "lora_target_modules"):
-        kwargs[key] = tuple(kwargs[key]) if kwargs[key] is not None else None
+    if kwargs["influence_params"] is not None:  # None: the surrogate's registered parameter(s)
+        kwargs["influence_params"] = tuple(kwargs["influence_params"])
+    kwargs["lora_target_modules"] = tuple(parse_modules(kwargs["lora_target_modules"]))
     cfg = PruneConfig(**kwargs)
     log.info("prune %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:

@@ -19,7 +19,9 @@ the output gradient g, and for a linear layer the per-sample weight gradient is 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,13 @@ from tqdm.auto import tqdm
 from ..io import LOG, Timer, atomic_path, load_tensor, read_json, write_json
 from ..llm import add_lora, load_base_model, load_tokenizer, lora_config
 from ..prompts import tokenize_prompt
+from .effort_prefix import (
+    PrefixEffort,
+    common_prefix_len,
+    lower_layers_in_bf16,
+    quantize_lower_layers,
+    resolve_precision,
+)
 
 EFFORT_TARGETS = ("lora_B", "base")
 
@@ -51,14 +60,24 @@ class EffortConfig:
     seed: int = 42  # LoRA initialisation
     quantization: str | None = None
     chunk_size: int = 512  # users per resumable chunk
+    precision: str = "fp32"  # frozen layers below the target: fp32 | bf16 | int8 | auto (effort_prefix)
+    force_precision: bool = False  # bf16 on a CPU without native bf16: error instead of fp32
+    prefix_reuse: bool = True  # compute the prompts' common prefix once (exact; effort_prefix)
 
-    def validate(self) -> None:
+    def validate(self, device: torch.device | str = "cpu") -> None:
         if self.target not in EFFORT_TARGETS:
             raise ValueError(f"--effort_target must be one of {EFFORT_TARGETS}, got {self.target!r}")
         if self.target == "lora_B" and self.module not in self.lora_target_modules:
             raise ValueError(
                 f"effort on lora_B of {self.module!r} needs it among --lora_target_modules {self.lora_target_modules}"
             )
+        resolve_precision(self.precision, device, self.quantization, self.force_precision)
+
+    def resolved_precision(self, device: torch.device | str = "cpu") -> str:
+        """The precision that runs on ``device`` (``auto`` resolved; recorded in manifests)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return resolve_precision(self.precision, device, self.quantization, self.force_precision)
 
 
 def _decoder_layers(model: Any) -> Any:
@@ -70,14 +89,18 @@ def _decoder_layers(model: Any) -> Any:
     return layers
 
 
-def target_linear(model: Any, cfg: EffortConfig) -> torch.nn.Linear:
-    """The linear layer whose weight is φ (``lora_B`` of the module, or its frozen base weight)."""
-    layers = _decoder_layers(model)
-    layer = layers[cfg.layer]
+def target_module(model: Any, cfg: EffortConfig) -> torch.nn.Module:
+    """The module named ``cfg.module`` in decoder layer ``cfg.layer`` (a LoRA wrapper or a linear)."""
+    layer = _decoder_layers(model)[cfg.layer]
     found = [m for n, m in layer.named_modules() if n.split(".")[-1] == cfg.module]
     if not found:
         raise ValueError(f"no module named {cfg.module!r} in decoder layer {cfg.layer}")
-    mod = found[0]
+    return found[0]
+
+
+def target_linear(model: Any, cfg: EffortConfig) -> torch.nn.Linear:
+    """The linear layer whose weight is φ (``lora_B`` of the module, or its frozen base weight)."""
+    mod = target_module(model, cfg)
     if cfg.target == "lora_B":
         if not hasattr(mod, "lora_B"):
             raise ValueError(f"{cfg.module} has no LoRA adapter; add it to --lora_target_modules")
@@ -92,12 +115,27 @@ class EffortModel:
     linear: torch.nn.Linear
     cfg: EffortConfig
     device: torch.device
+    precision: str = "fp32"  # what runs below the target layer (cfg.precision resolved)
     _saved: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> Any:
+        return _decoder_layers(self.model)
+
+    @property
+    def target_module(self) -> torch.nn.Module:
+        return target_module(self.model, self.cfg)
+
+    def precision_context(self) -> Any:
+        if self.precision == "bf16":
+            return lower_layers_in_bf16(self.layers, self.cfg.layer % len(self.layers), self.device)
+        return contextlib.nullcontext()
 
     @classmethod
     def load(cls, cfg: EffortConfig, device: torch.device | str = "cpu") -> EffortModel:
-        cfg.validate()
         device = torch.device(device)
+        cfg.validate(device)
+        precision = resolve_precision(cfg.precision, device, cfg.quantization, cfg.force_precision)
         tok = load_tokenizer(cfg.base_model, padding_side="right")
         model = load_base_model(cfg.base_model, device=device, quantization=cfg.quantization)
         if cfg.target == "lora_B" or cfg.resume_from_checkpoint:
@@ -107,7 +145,10 @@ class EffortModel:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return cls(model, tok, target_linear(model, cfg), cfg, device)
+        if precision == "int8":
+            quantize_lower_layers(_decoder_layers(model), cfg.layer)
+        LOG.info("effort: frozen layers below the target in %s (asked: %s)", precision, cfg.precision)
+        return cls(model, tok, target_linear(model, cfg), cfg, device, precision)
 
     def _lm_head(self) -> torch.nn.Module:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -124,7 +165,7 @@ class EffortModel:
         handle = self.linear.register_forward_hook(self._hook)
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # correct under left padding
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self.precision_context():
                 hidden = self.model(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -184,11 +225,32 @@ class EffortModel:
                 mask[i, : len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def norms(self, token_ids: list[list[int]], progress: bool = True, desc: str = "effort") -> torch.Tensor:
+    def norms(self, token_ids: list[list[int]], progress: bool = True, desc: str = "effort",
+              bar: Any = None) -> torch.Tensor:
+        """Per-sample norms: the shared-prefix path when ``cfg.prefix_reuse`` and the target allows
+        it (exact, see :mod:`.effort_prefix`), else padded length-sorted batches. ``bar``: a tqdm
+        bar advanced per batch (by samples)."""
         out = torch.zeros(len(token_ids))
-        for batch in tqdm(self.batches(token_ids), desc=desc, disable=not progress, leave=False):
-            ids, mask = self.pad([token_ids[i] for i in batch])
-            out[torch.tensor(batch)] = self.batch_norms(ids, mask).cpu()
+        own = bar is None and progress
+        if own:
+            bar = tqdm(total=len(token_ids), desc=desc, unit="prompt", leave=False)
+        fast = PrefixEffort(self) if self.cfg.prefix_reuse and PrefixEffort.supports(self.cfg, len(self.layers)) else None
+        c = common_prefix_len(token_ids) - 1 if fast is not None else 0
+        if c >= 1:
+            pre = fast.prefix(token_ids[0][:c + 1])
+            suffixes = [row[c:] for row in token_ids]
+            for batch in self.batches(suffixes):
+                out[torch.tensor(batch)] = fast.batch_norms(pre, [suffixes[i] for i in batch]).cpu()
+                if bar is not None:
+                    bar.update(len(batch))
+        else:
+            for batch in self.batches(token_ids):
+                ids, mask = self.pad([token_ids[i] for i in batch])
+                out[torch.tensor(batch)] = self.batch_norms(ids, mask).cpu()
+                if bar is not None:
+                    bar.update(len(batch))
+        if own:
+            bar.close()
         return out
 
     def norms_loop(self, token_ids: list[list[int]]) -> torch.Tensor:
@@ -240,23 +302,25 @@ def effort_scores(
         torch.distributed.barrier()
     size = em.cfg.chunk_size
     starts = list(range(0, len(examples), size))
+    mine = [(ci, s) for ci, s in enumerate(starts) if ci % world == rank]
+    todo = [s for _, s in mine if not (chunk_dir / f"chunk_{s:08d}.pt").exists()]
+    n_todo = sum(sum(ex is not None for ex in examples[s:s + size]) for s in todo)
+    bar = tqdm(total=n_todo, desc=f"effort (rank {rank})" if world > 1 else "effort", unit="prompt",
+               disable=not progress, smoothing=0.05)
     with Timer() as t:
         n_done = 0
-        for ci, start in enumerate(tqdm(starts, desc="effort chunks", disable=not progress or rank != 0)):
-            if ci % world != rank:
-                continue
+        for start in todo:
             f = chunk_dir / f"chunk_{start:08d}.pt"
-            if f.exists():
-                continue
             part = examples[start:start + size]
             have = [i for i, ex in enumerate(part) if ex is not None]
             vals = torch.zeros(len(part))
             if have:
                 ids = em.encode([part[i] for i in have])
-                vals[torch.tensor(have)] = em.norms(ids, progress=False)
+                vals[torch.tensor(have)] = em.norms(ids, progress=False, bar=bar)
             with atomic_path(f) as tmp:
                 torch.save(vals, tmp)
             n_done += len(part)
+    bar.close()
     if n_done:
         LOG.info("effort: %d samples in %.1f s (%.2f samples/s) on rank %d", n_done, t.seconds, n_done / t.seconds, rank)
     if world > 1 and torch.distributed.is_initialized():

@@ -1,0 +1,273 @@
+"""Effort scores (paper Eq. 12) with the shared prompt prefix computed once, and the frozen
+layers below the target layer optionally in bf16 or int8.
+
+Every full-training prompt starts with the same tokens (preamble, instruction, input phrase).
+With ``C`` = (longest common token prefix of the prompts) − 1:
+
+- the first ``C`` tokens go through the model once; their keys/values (every layer) are kept
+  and each sample runs only its suffix (tokens ``C..``) on top of them;
+- the loss terms of positions ``0..C-1`` predict common tokens ``1..C``: their gradient
+  ``G_c = Σ_t g_t x_tᵀ`` is the same for every sample and computed once;
+- the suffix's losses also reach φ through the target layer's *prefix* positions (the
+  suffix attends to their values): for ``v_proj`` the last layer's cached prefix values are
+  made a leaf of the graph, so ``∂L/∂v`` at the prefix positions comes out of the same backward
+  pass; ``q_proj``/``o_proj``/MLP outputs at prefix positions only reach prefix losses (already
+  in ``G_c``); ``k_proj`` is not supported here (the exact batched path is used).
+
+So ``∂L(s)/∂φ = (G_c + Σ_{t ∈ prefix} g^s_t x_tᵀ + Σ_{t ∈ suffix} g^s_t x_tᵀ) / (T_s − 1)``, the
+same quantity as :meth:`EffortModel.batch_norms` (exact up to float summation order). Suffixes
+are right-padded, so no real token ever attends to padding.
+
+Precision of the frozen layers below the target (the target layer and the loss head stay fp32):
+``bf16`` runs them under ``torch.autocast`` (worth it only where the CPU multiplies bf16
+natively: detected at run time), ``int8`` replaces their linear layers by dynamically
+quantised ones (``torch.ao.quantization.quantize_dynamic``, CPU only, LoRA merged first).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..hardware import native_bf16
+from ..io import LOG
+from ..llm import ModelError
+
+EFFORT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
+PREFIX_MODULES = ("v_proj", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Agreement of each mode with the fp32 path, measured by bench/bench_effort.py on real Games
+# prompts (see README "Performance"); ``auto`` picks the fastest mode that met the aim.
+AGREEMENT_AIM = 0.99  # Spearman
+
+
+def resolve_precision(requested: str, device: torch.device | str, quantization: str | None = None,
+                      force: bool = False) -> str:
+    """The precision that will run: ``auto`` = bf16 on a CPU with native bf16, else fp32.
+
+    bf16 asked on a CPU without native bf16 warns and falls back to fp32 (``force``: an error);
+    int8 is refused on a GPU and with a quantized base model (it quantizes the fp32 weights).
+    """
+    device = torch.device(device)
+    if requested not in EFFORT_PRECISIONS:
+        raise ValueError(f"--effort_precision must be one of {EFFORT_PRECISIONS}, got {requested!r}")
+    if requested == "int8":
+        if device.type != "cpu":
+            raise ModelError(f"--effort_precision int8 is a CPU mode (dynamic int8 matmuls); on {device} use "
+                             "--quantization 8bit for 8-bit base weights, or --effort_precision fp32/bf16")
+        if quantization:
+            raise ModelError(f"--effort_precision int8 needs fp32 base weights, but --quantization {quantization} "
+                             "is set: drop one of the two")
+        return "int8"
+    if device.type != "cpu":
+        return "fp32"  # on a GPU the base model already runs in its own dtype (bf16/fp16)
+    if requested == "auto":
+        return "bf16" if native_bf16() and not quantization else "fp32"
+    if requested == "bf16" and not native_bf16():
+        msg = ("--effort_precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), where bf16 is "
+               "emulated and slower than fp32")
+        if force:
+            raise ModelError(msg + "; drop --force_precision to fall back to fp32")
+        warnings.warn(msg + "; using fp32", stacklevel=2)
+        LOG.warning("%s; using fp32", msg)
+        return "fp32"
+    return requested
+
+
+def common_prefix_len(rows: list[list[int]]) -> int:
+    """Length of the longest common prefix of token-id lists."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+        if not n:
+            break
+    return n
+
+
+def _unwrap_lora(module: torch.nn.Module) -> None:
+    """Replace peft LoRA linears below ``module`` by their base linear with the adapter merged."""
+    for name, child in list(module.named_children()):
+        if hasattr(child, "get_base_layer") and hasattr(child, "merge"):
+            child.merge()
+            setattr(module, name, child.get_base_layer())
+        else:
+            _unwrap_lora(child)
+
+
+def quantize_lower_layers(layers: Any, target_index: int) -> None:
+    """int8 dynamic quantization (per output channel: per-tensor scales lose too much on LLM
+    weights with outliers) of every decoder layer below the target, in place."""
+    n = len(layers)
+    target_index %= n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice about moving to torchao
+        for i in range(target_index):
+            _unwrap_lora(layers[i])
+            torch.ao.quantization.quantize_dynamic(
+                layers[i], {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, inplace=True
+            )
+
+
+@contextmanager
+def lower_layers_in_bf16(layers: Any, target_index: int, device: torch.device):
+    """bf16 autocast for the decoder layers below the target; the target layer and everything
+    after it (final norm, loss head) in fp32."""
+    target = layers[target_index]
+    state: dict[str, Any] = {}
+
+    def pre(_mod, args, kwargs):
+        ctx = torch.autocast(device.type, enabled=False)
+        ctx.__enter__()
+        state["ctx"] = ctx
+        if args:
+            args = (args[0].float(), *args[1:])
+        else:
+            kwargs["hidden_states"] = kwargs["hidden_states"].float()
+        return args, kwargs
+
+    def post(_mod, _args, _kwargs, _out):
+        state.pop("ctx").__exit__(None, None, None)
+
+    h1 = target.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = target.register_forward_hook(post, with_kwargs=True)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        if "ctx" in state:  # an error inside the target layer
+            state.pop("ctx").__exit__(None, None, None)
+        h1.remove()
+        h2.remove()
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers ≥ 5.? names the KV cache argument ``cache``; earlier ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@dataclass
+class Prefix:
+    """What the shared prefix contributes: its cache, the target's inputs there, and G_c."""
+
+    ids: list[int]  # the C cached tokens
+    cache: Any  # KV cache of the C tokens, batch 1, detached
+    x: torch.Tensor  # [C, in] inputs of the hooked linear at the prefix positions
+    g_const: torch.Tensor  # [out, in] gradient of the sum of the prefix's own loss terms
+
+
+class PrefixEffort:
+    """Per-sample ‖∂L(s)/∂φ‖₂ for many prompts sharing a prefix (see the module docstring)."""
+
+    def __init__(self, em: Any) -> None:  # em: EffortModel
+        self.em = em
+        self.cache_kwarg = _cache_kwarg(em.model)
+        self.layer_index = em.cfg.layer % len(em.layers)
+        self.scaling = 1.0
+        if em.cfg.target == "lora_B":  # v = base(x) + scaling · lora_B(lora_A(x))
+            mod = em.target_module
+            self.scaling = float(mod.scaling[next(iter(mod.lora_B.keys()))])
+
+    @staticmethod
+    def supports(cfg: Any, n_layers: int) -> bool:
+        return cfg.module in PREFIX_MODULES and cfg.layer % n_layers == n_layers - 1
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any = None) -> Any:
+        em = self.em
+        kw = {self.cache_kwarg: cache} if cache is not None else {}
+        with em.precision_context():
+            return em.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                            output_hidden_states=True, logits_to_keep=1, **kw)
+
+    def prefix(self, ids: list[int]) -> Prefix:
+        """Run the C common tokens once (labels: tokens 1..C, all common)."""
+        em = self.em
+        c = len(ids) - 1
+        t = torch.tensor([ids], device=em.device)
+        handle = em.linear.register_forward_hook(em._hook)
+        try:
+            with torch.enable_grad():
+                out = self._forward(t[:, :c], torch.ones(1, c, dtype=torch.long, device=em.device),
+                                    torch.arange(c, device=em.device)[None])
+                logits = em._lm_head()(out.hidden_states[-1][0]).float()
+                loss = F.cross_entropy(logits, t[0, 1:], reduction="sum")
+                (g,) = torch.autograd.grad(loss, em._saved["out"])
+        finally:
+            handle.remove()
+        x = em._saved.pop("x")[0].float()
+        em._saved.pop("out")
+        cache = _out_cache(out)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        return Prefix(ids[:c], cache, x, g[0].float().T @ x)
+
+    def batch_norms(self, pre: Prefix, suffixes: list[list[int]]) -> torch.Tensor:
+        """Norms for prompts ``pre.ids + suffix`` (each suffix ≥ 1 token), one backward pass."""
+        em = self.em
+        b, c = len(suffixes), len(pre.ids)
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((b, width), em.tokenizer.pad_token_id, dtype=torch.long)
+        smask = torch.zeros((b, width), dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, :len(s)] = torch.tensor(s)
+            smask[i, :len(s)] = 1
+        ids, smask = ids.to(em.device), smask.to(em.device)
+        cache = copy.deepcopy(pre.cache)
+        cache.batch_repeat_interleave(b)
+        leaf = None
+        if em.cfg.module == "v_proj":
+            last = cache.layers[self.layer_index]
+            leaf = last.values.detach().clone().requires_grad_(True)
+            last.values = leaf
+        mask = torch.cat([torch.ones(b, c, dtype=torch.long, device=em.device), smask], 1)
+        position_ids = (c + torch.arange(width, device=em.device))[None].expand(b, -1)
+        handle = em.linear.register_forward_hook(em._hook)
+        try:
+            with torch.enable_grad():
+                hidden = self._forward(ids, mask, position_ids, cache).hidden_states[-1]
+                real = (smask[:, 1:] > 0) & (smask[:, :-1] > 0)
+                rows = real.nonzero(as_tuple=True)[0]
+                logits = em._lm_head()(hidden[:, :-1][real]).float()
+                ce = F.cross_entropy(logits, ids[:, 1:][real], reduction="none")
+                sums = torch.zeros(b, device=ce.device).index_add(0, rows, ce)
+                wrt = [em._saved["out"]] + ([leaf] if leaf is not None else [])
+                grads = torch.autograd.grad(sums.sum(), wrt)
+        finally:
+            handle.remove()
+        x = em._saved.pop("x").float()
+        em._saved.pop("out")
+        keep = smask[..., None].bool()
+        g = torch.where(keep, grads[0].float(), 0.0)
+        x = torch.where(keep, x, 0.0)
+        if leaf is not None:  # ∂L/∂v at the prefix positions: [b, kv_heads, C, d] -> [b, C, out]
+            gp = grads[1].float().transpose(1, 2).reshape(b, c, -1) * self.scaling
+            g = torch.cat([gp, g], 1)
+            x = torch.cat([pre.x.expand(b, -1, -1), x], 1)
+        n_tok = (c + smask.sum(1) - 1).float()
+        gc = pre.g_const
+        if em.cfg.target == "lora_B":
+            per = torch.einsum("bto,bti->boi", g, x) + gc
+            return per.flatten(1).norm(dim=1) / n_tok
+        # base: ‖G_c + Σ_t g_t x_tᵀ‖²_F without materialising the per-sample matrices
+        cross = torch.einsum("bto,oi,bti->b", g, gc, x)
+        gram = (torch.einsum("bto,bso->bts", g, g) * torch.einsum("bti,bsi->bts", x, x)).sum((1, 2))
+        sq = (gc * gc).sum() + 2 * cross + gram
+        return sq.clamp(min=0).sqrt() / n_tok
