@@ -330,6 +330,9 @@ def test_surrogate_files_and_parameters(tmp_path):
     # The surrogate's registered training defaults; SASRec's configuration is the plain one.
     assert PruneConfig().surrogate_config() == SurrogateConfig()
     assert PruneConfig(surrogate="BERT4Rec", epochs=3).surrogate_config() == SurrogateConfig(epochs=3, dropout=0.1)
+    assert PruneConfig(surrogate="GRU4Rec").surrogate_config().lr == 3e-3  # its registered default
+    assert PruneConfig(surrogate="GRU4Rec", lr=1e-2).surrogate_config().lr == 1e-2  # --lr wins
+    assert PruneConfig(lr=1e-3).surrogate_config() == PruneConfig().surrogate_config()
 
 
 def run_other_surrogate(pipeline, name: str):

@@ -87,6 +87,7 @@ def test_registry_declares_each_surrogate_in_one_entry():
     assert surrogate_spec("GRU4Rec").objective is NEXT_ITEM
     assert surrogate_spec("GRU4Rec").config(lr=0.5).num_hidden_layers == 1
     assert surrogate_spec("GRU4Rec").config(lr=0.5).lr == 0.5
+    assert surrogate_spec("GRU4Rec").config().lr == 3e-3
     assert surrogate_spec("BERT4Rec").config().dropout == 0.1
     for name, spec in SURROGATES.items():
         model = build_surrogate(name, 20, spec.config())
@@ -487,10 +488,7 @@ def test_cloze_influence_is_deterministic_per_seed(train_seqs):
 # -- training on Games and checkpoints ------------------------------------------------------------
 
 # Short runs on the first 3,000 Games users (402 validation users), as SASRec's test: 4 epochs.
-GAMES_RUNS = {
-    "BERT4Rec": dict(lr=1e-3),
-    "GRU4Rec": dict(lr=3e-3),
-}
+GAMES_RUNS = {"BERT4Rec": {}, "GRU4Rec": {}}  # their registered defaults (GRU4Rec: lr 3e-3)
 
 
 @pytest.fixture(scope="module")

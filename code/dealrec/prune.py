@@ -68,7 +68,7 @@ class PruneConfig:
     surrogate_checkpoint: str | None = None
     epochs: int = 200
     batch_size: int = 500
-    lr: float = 1e-3
+    lr: float | None = None  # None: the surrogate's registered default (SASRec, BERT4Rec 1e-3; GRU4Rec 3e-3)
     patience: int = 5
     eval_every: int = 5
     surrogate_batching: str = "split"  # exact length buckets; "padded" = the original's full-width batches
@@ -147,9 +147,10 @@ class PruneConfig:
 
     def surrogate_config(self) -> SurrogateConfig:
         """The surrogate's training configuration (its registered defaults, then these options)."""
+        given = {"lr": self.lr} if self.lr is not None else {}
         return surrogate_spec(self.surrogate).config(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-            eval_every=self.eval_every, seed=self.seed, batching=self.surrogate_batching,
+            epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
+            eval_every=self.eval_every, seed=self.seed, batching=self.surrogate_batching, **given,
         )
 
     def _influence_kwargs(self) -> dict:

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--surrogate_checkpoint", default=None, help="state_dict to load instead of training")
     a("--epochs", type=int, default=d.epochs)
     a("--batch_size", type=int, default=d.batch_size)
-    a("--lr", type=float, default=d.lr)
+    a("--lr", type=float, default=None, help="surrogate learning rate (default: the surrogate's; 1e-3, GRU4Rec 3e-3)")
     a("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping (0 = never)")
     a("--eval_every", type=int, default=d.eval_every)
     a("--surrogate_batching", choices=("split", "padded"), default=d.surrogate_batching,
