@@ -1,7 +1,11 @@
 """SASRec, BERT4Rec and GRU4Rec as DEALRec's surrogate, on Games: does the surrogate change what
 DEALRec selects, and does it matter?
 
-    python bench/bench_surrogates.py --effort_scores results/surrogates/effort_first4000/effort.pt
+    # the effort of the first 1,024 users (one file for every surrogate; 906 s here):
+    cd code/prune && python prune.py --stage effort --max_users 1024 --cutoff_len 256 \
+        --effort_precision bf16 --score_dir ../../results/surrogates/effort_first1024 && cd ../..
+    OMP_NUM_THREADS=1 python bench/bench_surrogates.py \
+        --effort_scores results/surrogates/effort_first1024/effort.pt
 
 1. ``train``: each surrogate on all Games users through the pruning pipeline's own stage
    (:func:`dealrec.prune.load_or_train_surrogate`, cached under ``<work>/scores``), the same
