@@ -101,7 +101,7 @@ def test_bad_arguments_fail_before_any_work(cli, tmp_path, monkeypatch, args, me
     rc, log = run_main(cli, [*args, "--score_dir", str(tmp_path / "s"), "--selected_dir", str(tmp_path / "sel")])
     assert rc == 2
     assert re.search(message, log), log
-    assert time.perf_counter() - t0 < 10
+    assert time.perf_counter() - t0 < 60  # generous: loading the LLM or data would take longer; forbid() is the real check
     assert not (tmp_path / "s").exists() and not (tmp_path / "sel").exists()
 
 
