@@ -124,19 +124,22 @@ def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
 # -- the registered surrogates ----------------------------------------------------------------
 
 
+def _transformer_fields(n_items: int, cfg: SurrogateConfig) -> dict:
+    """The model-config fields that SASRec and BERT4Rec read alike from a SurrogateConfig."""
+    return dict(
+        item_size=n_items + 1,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_seq_length=cfg.max_seq_length,
+    )
+
+
 @register_surrogate("SASRec")
 def _sasrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
-    return SASRec(
-        SASRecConfig(
-            item_size=n_items + 1,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            max_seq_length=cfg.max_seq_length,
-        )
-    )
+    return SASRec(SASRecConfig(**_transformer_fields(n_items, cfg)))
 
 
 # BERT4Rec: SASRec's influence parameter has an exact counterpart — the same Transformer block,
@@ -151,17 +154,7 @@ def _sasrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
     defaults={"dropout": 0.1},
 )
 def _bert4rec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
-    return BERT4Rec(
-        BERT4RecConfig(
-            item_size=n_items + 1,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            max_seq_length=cfg.max_seq_length,
-        )
-    )
+    return BERT4Rec(BERT4RecConfig(**_transformer_fields(n_items, cfg)))
 
 
 # GRU4Rec: the counterpart of SASRec's parameter is the projection right after the sequence

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sasrec import LayerNorm, SelfAttention
+from .sasrec import Encoder, LayerNorm
 
 
 @dataclass
@@ -54,27 +54,6 @@ class FeedForward(nn.Module):
         return self.LayerNorm(self.dropout(self.dense_2(F.gelu(self.dense_1(x)))) + x)
 
 
-class Layer(nn.Module):
-    def __init__(self, cfg: BERT4RecConfig) -> None:
-        super().__init__()
-        self.attention = SelfAttention(cfg)  # reads the same fields as from a SASRecConfig
-        self.intermediate = FeedForward(cfg)
-
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.intermediate(self.attention(x, attention_mask))
-
-
-class Encoder(nn.Module):
-    def __init__(self, cfg: BERT4RecConfig) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
-
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, attention_mask)
-        return x
-
-
 class OutputHead(nn.Module):
     """BERT's masked-LM transform: dense, GELU, layer norm."""
 
@@ -99,7 +78,7 @@ class BERT4Rec(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_seq_length, cfg.hidden_size)
         self.LayerNorm = LayerNorm(cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.item_encoder = Encoder(cfg)
+        self.item_encoder = Encoder(cfg, FeedForward)  # SASRec's attention blocks, BERT's feed-forward
         self.output = OutputHead(cfg)
         self.apply(self._init_weights)
         self.mask_embedding.data.normal_(mean=0.0, std=cfg.initializer_range)

@@ -91,19 +91,21 @@ class PointWiseFeedForward(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
+    def __init__(self, cfg: SASRecConfig, feed_forward: type[nn.Module] = PointWiseFeedForward) -> None:
         super().__init__()
         self.attention = SelfAttention(cfg)
-        self.intermediate = PointWiseFeedForward(cfg)
+        self.intermediate = feed_forward(cfg)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.intermediate(self.attention(x, attention_mask))
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
+    """The stack of blocks; ``feed_forward`` is the block's feed-forward class (BERT4Rec's differs)."""
+
+    def __init__(self, cfg: SASRecConfig, feed_forward: type[nn.Module] = PointWiseFeedForward) -> None:
         super().__init__()
-        self.layer = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layer = nn.ModuleList([Layer(cfg, feed_forward) for _ in range(cfg.num_hidden_layers)])
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:
