@@ -77,18 +77,18 @@ def test_oom_halves_the_batch_not_the_beams(tok):
     fake = FakeModel(limit=2)
     seen = []
     out = generate(fake, tok, rows, num_beams=4, max_new_tokens=1, batch_size=8, progress=False,
-                   on_batch=lambda idx, texts: seen.extend(idx))
+                   on_batch=lambda idx, texts: seen.extend(idx), engine="hf")
     assert fake.calls[:3] == [5, 4, 2] and max(fake.calls[3:]) <= 2
     assert sorted(seen) == list(range(5))
     assert len(out) == 5 and all(isinstance(t, str) for t in out)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        generate(FakeModel(limit=0), tok, rows[:2], batch_size=2, progress=False)
+        generate(FakeModel(limit=0), tok, rows[:2], batch_size=2, progress=False, engine="hf")
 
 
 def test_resume_skips_answered_users(tok, test_file, tmp_path):
     test, _ = test_file
     cfg = InferenceConfig(str(test), str(tmp_path / "res.json"), num_beams=2, max_new_tokens=2, batch_size=2,
-                          progress=False)
+                          progress=False, engine="hf")
     rows = read_json(test)
     part = tmp_path / "res.json.partial-rank0.jsonl"
     write_json(tmp_path / "res.json.partial.json", {"key": cache_key(cfg.key())})
@@ -124,3 +124,29 @@ def test_torchrun_two_processes_equal_single_process(model, tok, test_file, tmp_
     assert len({r["user"] for r in recs}) == 4
     assert read_json(ddp.with_name("ddp.json.json"))["world_size"] == 2
     assert not list(tmp_path.glob("*.partial*"))
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_fast_path_answers_equal_transformers_with_an_adapter(tok, test_file, num_beams):
+    """The embedded model with a LoRA adapter: prefill-once + shared prefix = transformers' generate."""
+    test, adapter = test_file
+    model = llm.load_adapter(llm.load_base_model(None), adapter)
+    model.eval()
+    rows = read_json(test)
+    kw = dict(num_beams=num_beams, max_new_tokens=6, batch_size=4, progress=False)
+    assert generate(model, tok, rows, engine="fast", **kw) == generate(model, tok, rows, engine="hf", **kw)
+
+
+def test_engine_and_precision_choices(model, caplog):
+    from dealrec.generate import resolve_engine
+
+    assert resolve_engine("auto", model) == "fast" and resolve_engine("hf", model) == "hf"
+    model.generation_config.repetition_penalty = 1.2
+    try:
+        assert resolve_engine("auto", model) == "hf"
+        with pytest.raises(ValueError, match="repetition_penalty.*--gen_engine hf"):
+            resolve_engine("fast", model)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    with pytest.raises(ValueError, match="--gen_engine must be one of"):
+        resolve_engine("vllm", model)

@@ -14,6 +14,8 @@ skips the users already answered.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -24,10 +26,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .beam import unsupported_settings
+from .hardware import cpu_precision
 from .io import LOG, cache_key, cached, file_hash, manifest_path, read_json, write_json, write_manifest
 from .prompts import prompt_of
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
+GEN_ENGINES = ("auto", "fast", "hf")
+GEN_PRECISIONS = ("fp32", "bf16", "auto")
+GEN_AUTO = "fp32"  # what --gen_precision auto runs (bf16 changes some answers: README "Performance")
 
 
 def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int | None) -> list[list[int]]:
@@ -68,6 +75,42 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if cfg_eos is not None:  # transformers stops on the generation config's EOS ids too
+        ids.update(cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def bf16_copy(model: Any) -> Any:
+    """A bf16 copy of ``model`` for inference, a LoRA adapter merged into its weights."""
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.to(torch.bfloat16).eval()
+
+
+def _fast_runner(model: Any, tokenizer: Any, seqs: list[list[int]], num_beams: int, max_new_tokens: int,
+                 precision: str) -> Callable[[list[list[int]]], list[str]]:
+    """A batch function for :func:`dealrec.beam.beam_search` with the prefix of all ``seqs`` cached."""
+    from .beam import beam_search, shared_prefix
+
+    eos = _eos_ids(tokenizer, model)
+    if precision == "bf16":
+        model = bf16_copy(model)
+    with torch.no_grad():
+        prefix = shared_prefix(model, seqs)
+    LOG.info("generation: prefill once per prompt, %d shared prefix tokens computed once, %s",
+             len(prefix.ids) if prefix else 0, precision)
+
+    def run(batch: list[list[int]]) -> list[str]:
+        out = beam_search(model, batch, num_beams, max_new_tokens, eos, tokenizer.pad_token_id, prefix)
+        return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    return run
+
+
 @torch.no_grad()
 def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_config: Any) -> list[str]:
     ids, mask = left_pad(seqs, tokenizer.pad_token_id)
@@ -76,6 +119,32 @@ def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_confi
     sequences = out.sequences if hasattr(out, "sequences") else out
     new = sequences[:, ids.shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def resolve_engine(engine: str, model: Any, gen_config: Any = None) -> str:
+    """``auto`` = the prefill-once path (:mod:`dealrec.beam`) on a CPU, transformers' on a GPU.
+
+    The fast path is also refused for a quantized model and for a model whose generation config
+    asks for logits processors it does not implement (a log line says why).
+    """
+    if engine not in GEN_ENGINES:
+        raise ValueError(f"--gen_engine must be one of {GEN_ENGINES}, got {engine!r}")
+    if engine == "hf":
+        return "hf"
+    why = []
+    if _model_device(model).type != "cpu" and engine == "auto":
+        why.append("a GPU (transformers' path is the GPU path)")
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        why.append("a quantized model")
+    extra = unsupported_settings(getattr(model, "generation_config", None))
+    if extra:
+        why.append(f"generation_config.json sets {', '.join(extra)}")
+    if why:
+        if engine == "fast":
+            raise ValueError(f"--gen_engine fast cannot run here: {'; '.join(why)}; use --gen_engine hf")
+        LOG.info("generation: transformers' beam search (%s)", "; ".join(why))
+        return "hf"
+    return "fast"
 
 
 def generate(
@@ -88,10 +157,16 @@ def generate(
     cutoff_len: int | None = 512,
     progress: bool = True,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
+    engine: str = "auto",
+    precision: str = "fp32",
 ) -> list[str]:
     """The response text of every example, in input order.
 
     ``on_batch(indices, texts)`` is called after each batch (for saving partial results).
+    ``engine``: ``hf`` = transformers' ``generate`` (the reference), ``fast`` = :mod:`dealrec.beam`
+    (prefill once per prompt, shared prefix once), ``auto`` = :func:`resolve_engine`.
+    ``precision``: ``bf16`` runs the fast path's model in bf16 (CPU with native bf16 only), ``auto``
+    = ``GEN_AUTO``.
     """
     from transformers import GenerationConfig
 
@@ -99,6 +174,8 @@ def generate(
         return []
     if num_beams < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("num_beams, max_new_tokens and batch_size must be positive")
+    engine = resolve_engine(engine, model)
+    precision = cpu_precision(precision, _model_device(model), "--gen_precision", auto=GEN_AUTO) if engine == "fast" else "fp32"
     gen_config = GenerationConfig(
         num_beams=num_beams,
         num_return_sequences=1,
@@ -112,11 +189,14 @@ def generate(
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     answers: list[str | None] = [None] * len(seqs)
     pos, bs = 0, batch_size
+    run_batch = functools.partial(_generate_batch, model, tokenizer, gen_config=gen_config)
+    if engine == "fast":
+        run_batch = _fast_runner(model, tokenizer, seqs, num_beams, max_new_tokens, precision)
     bar = tqdm(total=len(order), desc="generate", disable=not progress, leave=False)
     while pos < len(order):
         idx = order[pos: pos + bs]
         try:
-            texts = _generate_batch(model, tokenizer, [seqs[i] for i in idx], gen_config)
+            texts = run_batch([seqs[i] for i in idx])
         except torch.cuda.OutOfMemoryError:
             if bs == 1:
                 raise
@@ -152,6 +232,8 @@ class InferenceConfig:
     max_test_users: int | None = None
     cutoff_len: int = 512
     quantization: str | None = None
+    engine: str = "auto"  # GEN_ENGINES: auto = the prefill-once path on a CPU, transformers' on a GPU
+    precision: str = "fp32"  # GEN_PRECISIONS (the fast path only)
     overwrite: bool = False
     progress: bool = True
 
@@ -290,7 +372,8 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
 
         generate(
             model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
-            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save,
+            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save, engine=cfg.engine,
+            precision=cfg.precision,
         )
         gathered: list[Any] = [new]
         if world > 1:

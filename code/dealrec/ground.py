@@ -32,12 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, RecData
-from .generate import left_pad
+from .generate import bf16_copy, left_pad
+from .hardware import cpu_precision
 from .io import LOG, cache_key, cached, load_tensor, read_json, save_tensor, write_json, write_manifest
 from .metrics import DEFAULT_KS, format_table, topk_metrics
 from .prompts import clean_title
 
 POOLING = "last-token-v1"
+GROUND_AUTO = "fp32"  # what --ground_precision auto runs (README "Performance": agreement of bf16)
 
 
 @torch.no_grad()
@@ -180,8 +182,13 @@ def evaluate_results(
     tokenizer: Any = None,
     progress: bool = True,
     write: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Ground the generations of ``result_file``, score them and write ``<result>.metrics.json``.
+
+    ``precision`` (``fp32|bf16|auto``): ``bf16`` embeds titles and generations with a bf16 copy
+    of the base model (CPU with native bf16 only; else fp32 with a warning); ``auto`` =
+    ``GROUND_AUTO``. The title cache is kept per precision.
 
     ``max_items`` (demos only) ranks among items ``0..max_items-1`` plus every target item
     instead of the whole catalogue; the report says so and the figures are not comparable.
@@ -190,9 +197,12 @@ def evaluate_results(
 
     rows = read_results(result_file, data)
     ks = sorted(int(k) for k in ks)
+    precision = cpu_precision(precision, device, "--ground_precision", auto=GROUND_AUTO)
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)
         model = load_base_model(base_model, device)
+    if precision == "bf16":
+        model = bf16_copy(model)
     targets = [r["target_ids"] for r in rows]
     items = None
     if max_items is not None and max_items < data.n_items:
@@ -223,6 +233,7 @@ def evaluate_results(
         "catalogue": "all items" if items is None else f"restricted to {len(items)} items (demo; not comparable)",
         "pooling": POOLING,
         "distance": "L2",
+        "precision": precision,
     }
     if write:
         write_json(metrics_path(result_file), report)

@@ -56,3 +56,26 @@ def describe() -> str:
     flags = [f for f in (*BF16_FLAGS, *INT8_FLAGS) if f in cpu_flags()]
     return (f"{cpu_name()} ({os.cpu_count()} cores; {' '.join(flags) or 'no bf16/vnni flags'}), "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+
+
+def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: str = "fp32") -> str:
+    """The precision an inference stage runs in: ``fp32`` or ``bf16`` (bf16 only on a CPU that
+    multiplies it natively). ``auto`` means ``auto`` (the stage's measured choice; bf16 only where
+    native). bf16 asked where it is not native warns and runs fp32; on a GPU the model's own dtype
+    is kept (``fp32`` returned: no CPU-side cast)."""
+    import logging
+    import warnings
+
+    if requested not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"{flag} must be one of fp32, bf16, auto; got {requested!r}")
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    want = auto if requested == "auto" else requested
+    if want == "bf16" and not native_bf16():
+        if requested == "bf16":
+            msg = (f"{flag} bf16: this CPU ({cpu_name()}) has no native bf16 (no avx512_bf16/amx_bf16 flag), "
+                   "where bf16 is emulated and slower; using fp32")
+            warnings.warn(msg, stacklevel=2)
+            logging.getLogger("dealrec").warning("%s", msg)
+        return "fp32"
+    return want

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from dealrec.generate import InferenceConfig, run_inference
+from dealrec.generate import GEN_ENGINES, GEN_PRECISIONS, InferenceConfig, run_inference
 from dealrec.io import setup_logging
 from dealrec.llm import ModelError
 
@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_test_users", type=int, default=None)
     p.add_argument("--cutoff_len", type=int, default=512, help="longest prompt (oldest tokens dropped)")
     p.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none")
+    p.add_argument("--gen_engine", choices=GEN_ENGINES, default="auto",
+                   help="fast: each prompt prefilled once, shared prefix once (CPU default); hf: transformers' "
+                        "generate (reference, GPU default)")
+    p.add_argument("--gen_precision", choices=GEN_PRECISIONS, default="fp32",
+                   help="bf16: the fast path in bf16 on a CPU with native bf16 (not exact; README Performance)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--log_file", default=None, help="default: <result>.log (rank 0)")
     a = p.parse_args(argv)
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         lora_weights=a.lora_weights, num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
         batch_size=a.batch_size, max_test_users=a.max_test_users, cutoff_len=a.cutoff_len,
         quantization=None if a.quantization == "none" else a.quantization, overwrite=a.overwrite,
+        engine=a.gen_engine, precision=a.gen_precision,
     )
     try:
         records = run_inference(cfg)
