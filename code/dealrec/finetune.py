@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .hardware import cpu_precision
 from .io import LOG, Timer, cache_key, file_hash, read_json, seed_everything, write_json
 from .llm import (
     add_lora,
@@ -42,6 +43,7 @@ from .llm import (
 from .prompts import tokenize_prompt
 
 MANIFEST = "finetune_manifest.json"
+TRAIN_AUTO = "fp32"  # what --train_precision auto runs on a CPU (README "Performance")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
@@ -78,12 +80,17 @@ class FinetuneConfig:
     logging_steps: int = 8
     keep_checkpoints: bool = False
     overwrite: bool = False
+    # CPU only: fp32, or bf16 autocast (a CPU with native bf16; LoRA weights and optimiser stay
+    # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16) as before.
+    precision: str = "fp32"
 
     def key(self) -> dict[str, Any]:
         """The parameters that determine the adapter (for the manifest and reuse)."""
         d = asdict(self)
         for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
             d.pop(k)
+        if d["precision"] == "fp32":  # the keys of adapters trained before the option existed
+            d.pop("precision")
         d["base_model"] = model_id(self.base_model)
         d["train_hash"] = file_hash(self.train_file) if Path(self.train_file).is_file() else None
         d["val_hash"] = file_hash(self.val_file) if self.val_file and Path(self.val_file).is_file() else None
@@ -206,6 +213,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     dtype = default_dtype(device)
+    cpu_bf16 = cpu_precision(cfg.precision, device, "--train_precision", auto=TRAIN_AUTO) == "bf16"
     seed_everything(cfg.seed)
     lcfg = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
 
@@ -236,7 +244,8 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
     eval_steps = max(1, min(cfg.eval_steps, total))
     LOG.info(
         "training on %d examples (%d validation), %d step(s)/epoch, %d step(s), accumulation %d, %s %s",
-        len(train_ds), len(val_ds or []), steps_per_epoch, total, grad_acc, device, dtype,
+        len(train_ds), len(val_ds or []), steps_per_epoch, total, grad_acc, device,
+        "fp32 weights, bf16 autocast" if cpu_bf16 else dtype,
     )
 
     eval_kwargs: dict[str, Any] = (
@@ -255,7 +264,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        bf16=cuda and dtype == torch.bfloat16,
+        bf16=(cuda and dtype == torch.bfloat16) or cpu_bf16,
         fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda,
         logging_steps=cfg.logging_steps,

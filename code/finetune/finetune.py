@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_steps", type=int, default=-1, help="stop after N optimiser steps (demos)")
     p.add_argument("--logging_steps", type=int, default=8)
     p.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none")
+    p.add_argument("--train_precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="CPU: bf16 autocast where the CPU has native bf16 (README Performance)")
     p.add_argument("--keep_checkpoints", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="train even if the same adapter exists")
     p.add_argument("--log_file", default=None, help="default: <output_dir>/finetune.log")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         early_stopping_patience=a.early_stopping_patience, resume_from_checkpoint=a.resume_from_checkpoint,
         quantization=None if a.quantization == "none" else a.quantization, seed=a.seed, sample=a.sample,
         max_steps=a.max_steps, logging_steps=a.logging_steps, keep_checkpoints=a.keep_checkpoints,
-        overwrite=a.overwrite,
+        overwrite=a.overwrite, precision=a.train_precision,
     )
     log.info("fine-tuning with %s", cfg)
     try:

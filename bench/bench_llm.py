@@ -1,0 +1,212 @@
+"""The LLM stages on real Games data, old path vs new path in one process (not a test).
+
+    python bench/bench_llm.py [--stages effort,lora,gen,titles] [--json docs/bench/llm.json]
+
+- ``effort``: prompts/s and tokens/s of today's batched exact path (``old``), the shared-prefix
+  path (fp32, exact) and its bf16 mode; ratios to ``old`` (agreement on ≥ 1,000 prompts:
+  ``bench/bench_effort.py --agree_n``).
+- ``lora``: LoRA samples/s in fp32 and with bf16 autocast (CPU with native bf16), and the two
+  loss curves beside a second fp32 seed (the noise they should stay within). The fp32 adapter
+  is reused by ``gen``.
+- ``gen``: new tokens/s of transformers' beam search (the reference), the prefill-once path
+  (fp32) and its bf16 mode on ``--gen_n`` prompts (4 beams); then how many of ``--agree_n`` answers
+  (the study's decoding: greedy, 24 new tokens) equal the reference's.
+- ``titles``: title embeddings per second in fp32 and bf16, all titles in bf16, and the
+  overlap of the grounded top-20 lists of the ``gen`` stage's answers under both.
+
+Every figure names the CPU; ratios are between runs of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from dealrec import llm
+from dealrec.data import load_dataset
+from dealrec.fewshot import build_examples
+from dealrec.finetune import FinetuneConfig, train
+from dealrec.generate import bf16_copy, generate
+from dealrec.ground import embed_texts, item_embeddings, rank_items
+from dealrec.hardware import describe, native_bf16
+from dealrec.io import setup_logging, write_json
+from dealrec.prompts import clean_title
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def bench_effort(a, data, report) -> None:
+    from bench_effort import model_for, scores  # the effort bench's helpers
+
+    from dealrec.scores.effort import EffortConfig
+
+    base = EffortConfig(cutoff_len=a.cutoff_len)
+    em = model_for("old", base)
+    ex = build_examples(data, range(a.effort_n + 100), "train", em.tokenizer, a.cutoff_len, progress=False)
+    ids = em.encode(ex[: a.effort_n])
+    del em
+    n_tok = sum(len(r) for r in ids)
+    out = {}
+    for mode in ["old", "fp32"] + (["bf16"] if native_bf16() else []):
+        _, sec = scores(mode, base, ids, None)
+        out[mode] = {"seconds": sec, "prompts_per_s": len(ids) / sec, "tokens_per_s": n_tok / sec,
+                     "vs_old": out["old"]["seconds"] / sec if out else 1.0}
+        r = out[mode]
+        print(f"effort {mode:<5s} {r['prompts_per_s']:7.2f} prompts/s {r['tokens_per_s']:8.1f} tokens/s "
+              f"{r['vs_old']:5.2f}x old", flush=True)
+    report["effort"] = {"n": a.effort_n, **out}
+
+
+def bench_lora(a, data, tok, report, tmp: Path) -> Path:
+    ex = build_examples(data, data.valid_users[: a.lora_n], "train", tok, a.lora_cutoff, progress=False)
+    write_json(tmp / "train.json", ex)
+    runs = [("fp32", 0)] + ([("bf16", 0)] if native_bf16() else []) + [("fp32", 1)]
+    out = {}
+    for prec, seed in runs:
+        cfg = FinetuneConfig(train_file=str(tmp / "train.json"), output_dir=str(tmp / f"lora_{prec}_{seed}"),
+                             batch_size=8, micro_batch_size=4, num_epochs=1, learning_rate=2e-3, warmup_steps=0,
+                             cutoff_len=a.lora_cutoff, train_on_inputs=False, logging_steps=1, seed=seed,
+                             precision=prec)
+        m = train(cfg).manifest
+        losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+        out[f"{prec}_seed{seed}"] = {"seconds": m["seconds"], "samples_per_s": len(ex) / m["seconds"],
+                                     "losses": losses}
+    ref = out["fp32_seed0"]
+    for name, r in out.items():
+        r["vs_fp32"] = ref["seconds"] / r["seconds"]
+        r["max_abs_loss_diff_vs_fp32_seed0"] = max(abs(x - y) for x, y in zip(r["losses"], ref["losses"]))
+        print(f"lora {name:<11s} {r['samples_per_s']:6.2f} samples/s {r['vs_fp32']:5.2f}x fp32  loss "
+              f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, max |Δ| vs fp32 seed 0 "
+              f"{r['max_abs_loss_diff_vs_fp32_seed0']:.3f}", flush=True)
+    report["lora"] = {"n_examples": len(ex), "cutoff_len": a.lora_cutoff, "batch": 8, "lr": 2e-3,
+                      "loss_on": "response", **out}
+    return tmp / "lora_fp32_0"
+
+
+def _new_tokens(tok, texts: list[str]) -> int:
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # + the EOS
+
+
+def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
+    model = llm.load_base_model(None)
+    llm.align_special_tokens(model, tok)
+    if adapter is not None:
+        model = llm.load_adapter(model, adapter)
+    model.eval()
+    users = random.Random(0).sample(list(data.test_users), max(a.gen_n, a.agree_n))
+    ex = build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
+    paths = [("hf", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if native_bf16() else [])
+    out, answers = {}, {}
+    for eng, prec in paths:
+        t = time.perf_counter()
+        ans = generate(model, tok, ex[: a.gen_n], num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
+                       batch_size=a.gen_batch, progress=False, engine=eng, precision=prec)
+        sec = time.perf_counter() - t
+        answers[(eng, prec)] = ans
+        out[f"{eng}_{prec}"] = {"seconds": sec, "new_tokens_per_s": _new_tokens(tok, ans) / sec,
+                                "equal_to_hf": sum(x == y for x, y in zip(ans, answers[("hf", "fp32")]))}
+    for name, r in out.items():
+        r["vs_hf"] = out["hf_fp32"]["seconds"] / r["seconds"]
+        print(f"generate {name:<10s} {r['new_tokens_per_s']:6.1f} new tokens/s {r['vs_hf']:5.2f}x hf, "
+              f"{r['equal_to_hf']}/{a.gen_n} answers equal ({a.num_beams} beams, {a.max_new_tokens} new tokens)",
+              flush=True)
+    agree = {}
+    ref = None
+    for eng, prec in paths:
+        t = time.perf_counter()
+        ans = generate(model, tok, ex[: a.agree_n], num_beams=1, max_new_tokens=24, batch_size=a.gen_batch,
+                       progress=True, engine=eng, precision=prec)
+        sec = time.perf_counter() - t
+        ref = ans if ref is None else ref
+        agree[f"{eng}_{prec}"] = {"seconds": sec, "equal_to_hf": sum(x == y for x, y in zip(ans, ref)),
+                                  "vs_hf": agree.get("hf_fp32", {}).get("seconds", sec) / sec}
+        print(f"agreement {eng}_{prec}: {agree[f'{eng}_{prec}']['equal_to_hf']}/{a.agree_n} answers equal to hf "
+              f"(greedy, 24 new tokens), {agree[f'{eng}_{prec}']['vs_hf']:.2f}x hf", flush=True)
+    report["gen"] = {"n": a.gen_n, "num_beams": a.num_beams, "max_new_tokens": a.max_new_tokens,
+                     "adapter": "LoRA of the lora stage" if adapter else "none (base model)", **out,
+                     "agreement_greedy24": {"n": a.agree_n, **agree}}
+    return ref
+
+
+def bench_titles(a, data, tok, report, generations: list[str] | None) -> None:
+    model = llm.load_base_model(None).eval()
+    m16 = bf16_copy(model)
+    titles = [clean_title(t) for t in data.titles]
+    sample = random.Random(0).sample(titles, a.titles_n)
+    out = {}
+    for name, m in (("fp32", model), ("bf16", m16)):
+        t = time.perf_counter()
+        embed_texts(m, tok, sample, batch_size=32, progress=False)
+        sec = time.perf_counter() - t
+        out[name] = {"titles_per_s": a.titles_n / sec}
+    out["bf16"]["vs_fp32"] = out["bf16"]["titles_per_s"] / out["fp32"]["titles_per_s"]
+    print(f"titles fp32 {out['fp32']['titles_per_s']:.1f}/s, bf16 {out['bf16']['titles_per_s']:.1f}/s "
+          f"({out['bf16']['vs_fp32']:.2f}x) on {a.titles_n} titles", flush=True)
+    t = time.perf_counter()
+    e16 = item_embeddings(None, data, m16, tok, progress=True)  # cached per dtype afterwards
+    out["bf16_all_seconds"] = time.perf_counter() - t
+    print(f"titles: all {data.n_items} in bf16: {out['bf16_all_seconds']:.0f} s", flush=True)
+    if generations:
+        e32 = item_embeddings(None, data, model, tok, progress=True)  # the fp32 cache (slow the first time)
+        texts = [g.strip().strip('"') for g in generations]
+        r32 = rank_items(embed_texts(model, tok, texts, progress=False), e32, 20)
+        r16 = rank_items(embed_texts(m16, tok, texts, progress=False), e16, 20)
+        ov = [len(set(x.tolist()) & set(y.tolist())) / 20 for x, y in zip(r32, r16)]
+        out["top20_overlap"] = {"n": len(ov), "mean": sum(ov) / len(ov), "min": min(ov)}
+        print(f"titles: grounded top-20 overlap bf16 vs fp32 on {len(ov)} generations: mean "
+              f"{out['top20_overlap']['mean']:.3f}, min {out['top20_overlap']['min']:.2f}", flush=True)
+    report["titles"] = {"n_timed": a.titles_n, **out}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=str(REPO / "data"))
+    p.add_argument("--stages", default="effort,lora,gen,titles")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cutoff_len", type=int, default=512)
+    p.add_argument("--effort_n", type=int, default=64)
+    p.add_argument("--lora_n", type=int, default=64)
+    p.add_argument("--lora_cutoff", type=int, default=256)
+    p.add_argument("--lora_weights", default=None, help="adapter for gen (default: the lora stage's fp32 one)")
+    p.add_argument("--gen_n", type=int, default=16)
+    p.add_argument("--gen_batch", type=int, default=8)
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--max_new_tokens", type=int, default=32)
+    p.add_argument("--agree_n", type=int, default=300)
+    p.add_argument("--titles_n", type=int, default=512)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")
+    setup_logging()
+    stages = set(a.stages.split(","))
+    data = load_dataset(a.data_dir, "games", check_dicts=False)
+    tok = llm.load_tokenizer(None, padding_side="left")
+    report: dict = {"machine": describe()}
+    print(describe(), flush=True)
+    adapter = Path(a.lora_weights) if a.lora_weights else None
+    gens = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if "effort" in stages:
+            bench_effort(a, data, report)
+        if "lora" in stages:
+            adapter = adapter or bench_lora(a, data, tok, report, Path(tmp))
+        if "gen" in stages:
+            gens = bench_gen(a, data, tok, report, adapter)
+        if "titles" in stages:
+            bench_titles(a, data, tok, report, gens)
+    if a.json:
+        write_json(a.json, report)
+
+
+if __name__ == "__main__":
+    main()
