@@ -88,3 +88,29 @@ def test_settings_that_need_logits_processors_are_named():
     assert unsupported_settings(GenerationConfig(num_beams=4)) == []
     assert unsupported_settings(GenerationConfig(repetition_penalty=1.1, no_repeat_ngram_size=3)) == [
         "repetition_penalty", "no_repeat_ngram_size"]
+
+
+def test_cpu_precision_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    from dealrec.hardware import cpu_precision
+
+    monkeypatch.setenv("DEALREC_NATIVE_BF16", "1")
+    assert cpu_precision("bf16", "cpu", "--gen_precision") == "bf16"
+    assert cpu_precision("auto", "cpu", "--gen_precision", auto="bf16") == "bf16"
+    assert cpu_precision("auto", "cpu", "--gen_precision") == "fp32"
+    monkeypatch.setenv("DEALREC_NATIVE_BF16", "0")
+    with pytest.warns(UserWarning, match="--gen_precision bf16: this CPU .* no native bf16"):
+        assert cpu_precision("bf16", "cpu", "--gen_precision") == "fp32"
+    assert cpu_precision("auto", "cpu", "--ground_precision", auto="bf16") == "fp32"
+    assert cpu_precision("bf16", "cuda:0", "--gen_precision") == "fp32"  # a GPU keeps its dtype
+    with pytest.raises(ValueError, match="--train_precision must be one of"):
+        cpu_precision("int4", "cpu", "--train_precision")
+
+
+def test_bf16_fast_path_mostly_agrees(tiny, monkeypatch):
+    """bf16 is not exact, but on a model this small most answers stay the same."""
+    from dealrec.generate import bf16_copy
+
+    seqs = _prompts(12, seed=3)
+    ref = beam_search(tiny, seqs, 2, 6, [EOS], PAD)
+    got = beam_search(bf16_copy(tiny), seqs, 2, 6, [EOS], PAD)
+    assert sum(a == b for a, b in zip(ref, got)) >= 6
