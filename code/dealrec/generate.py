@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .dist import init_distributed
 from .io import LOG, cache_key, cached, file_hash, manifest_path, read_json, write_json, write_manifest
+from .padding import pad_batch
 from .prompts import prompt_of
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
@@ -50,15 +52,8 @@ def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int 
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of ``seqs`` padded on the left."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, n - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, n - len(s):] = 1
-    return ids, mask
+    """``input_ids`` and ``attention_mask`` of ``seqs`` padded on the left (:func:`.padding.pad_batch`)."""
+    return pad_batch(seqs, pad_id, "left")
 
 
 def _model_device(model: Any) -> torch.device:
@@ -142,8 +137,8 @@ def generate(
 
 @dataclass
 class InferenceConfig:
-    test_file: str
-    result_file: str
+    test_file: str = ""  # required (the original's --test_data_path)
+    result_file: str = ""  # required (--result_json_data)
     base_model: str | None = None
     lora_weights: str | None = None  # None: the base model without adapter
     num_beams: int = 4
@@ -186,20 +181,8 @@ def read_test_file(path: str | os.PathLike, max_test_users: int | None = None) -
 
 def dist_setup() -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether this call created the process group)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    created = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        created = True
-    rank = dist.get_rank() if world > 1 else 0
-    return rank, world, device, created
+    info, device, created = init_distributed()
+    return info.rank, info.world_size, device, created
 
 
 def _partial_files(result: Path) -> list[Path]:
