@@ -275,7 +275,7 @@ def agreement(args, data, scores: dict[str, torch.Tensor]) -> dict:
 def signal(args, kind: str, selections: dict[str, list[int]], n: int, n_pool: int | None) -> dict:
     """SASRec trained on each surrogate's selection and a random one (and, for a pool of the first
     N users, on all its candidates), with the reproduction study's recipe and code."""
-    study = Study(StudyConfig(data_dir=args.data_dir, data_name=args.data_name,
+    study = Study(StudyConfig.flat(data_dir=args.data_dir, data_name=args.data_name,
                               out_dir=str(Path(args.work) / f"study_{kind}"), n=n, pool_users=n_pool,
                               strategies=("dealrec",), seeds=tuple(args.sasrec_seeds)))
     runs = {lab: users for lab, users in selections.items()
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     write_json(out / "agreement.json", {"machine": machine, **agree})
     write_json(out / "selections.json", selections)
     write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
-        StudyConfig(n=args.n).sasrec_config(0)), "rows": sig})
+        StudyConfig.flat(n=args.n).sasrec_config(0)), "rows": sig})
     write_text(out / "REPORT.md", report(args, acc, pop, timing, agree, sig, machine))
     LOG.info("wrote %s", out / "REPORT.md")
     return 0

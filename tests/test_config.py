@@ -318,3 +318,26 @@ def test_dist_info(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k)
     assert dist_info() == (0, 1, 0) and dist_info().main
+
+
+def test_study_sections_are_the_old_flat_construction(tmp_path):
+    """StudyConfig's sections give the stage configurations the flat StudyConfig built by hand
+    (so the study's caches keep their keys)."""
+    from dealrec.generate import InferenceConfig
+    from dealrec.scores.effort import EffortConfig
+
+    cfg = StudyConfig.flat(out_dir=str(tmp_path))
+    pcfg = cfg.prune_config("dealrec")
+    assert pcfg.effort == EffortConfig(precision="auto", cutoff_len=256)
+    assert (pcfg.select.n_fewshot, pcfg.score_dir, pcfg.surrogate.config()) == (128, str(tmp_path / "scores"),
+                                                                                SurrogateConfig())
+    ft = cfg.finetune_config(tmp_path / "t.json", tmp_path / "v.json", tmp_path / "a", 1)
+    assert ft == FinetuneConfig(
+        train_file=str(tmp_path / "t.json"), val_file=str(tmp_path / "v.json"), output_dir=str(tmp_path / "a"),
+        base_model=None, batch_size=8, micro_batch_size=4, num_epochs=1.0, learning_rate=3e-4, warmup_steps=2,
+        cutoff_len=256, val_set_size=8, eval_steps=8, train_on_inputs=True, seed=1, max_steps=-1, logging_steps=1)
+    icfg = cfg.inference_config(tmp_path / "test.json", tmp_path / "r.json", tmp_path / "a")
+    assert icfg == InferenceConfig(test_file=str(tmp_path / "test.json"), result_file=str(tmp_path / "r.json"),
+                                   lora_weights=str(tmp_path / "a"), num_beams=1, max_new_tokens=24, batch_size=8,
+                                   cutoff_len=256)
+    assert cfg.prune_config("dealrec-stable").influence.negatives == "expected"

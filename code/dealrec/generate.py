@@ -51,11 +51,6 @@ def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int 
     return out
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of ``seqs`` padded on the left (:func:`.padding.pad_batch`)."""
-    return pad_batch(seqs, pad_id, "left")
-
-
 def _model_device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -65,7 +60,7 @@ def _model_device(model: Any) -> torch.device:
 
 @torch.no_grad()
 def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_config: Any) -> list[str]:
-    ids, mask = left_pad(seqs, tokenizer.pad_token_id)
+    ids, mask = pad_batch(seqs, tokenizer.pad_token_id, "left")
     device = _model_device(model)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config)
     sequences = out.sequences if hasattr(out, "sequences") else out
