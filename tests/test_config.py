@@ -341,3 +341,38 @@ def test_study_sections_are_the_old_flat_construction(tmp_path):
                                    lora_weights=str(tmp_path / "a"), num_beams=1, max_new_tokens=24, batch_size=8,
                                    cutoff_len=256)
     assert cfg.prune_config("dealrec-stable").influence.negatives == "expected"
+
+
+def test_prune_sh_forwards_stable_and_further_options(tmp_path):
+    """``prune.sh <6 positional> stable <options>``: the options reach prune.py (here a bad
+    --lamda, refused before any work) after the positional ones."""
+    import os
+    import subprocess
+    import sys
+
+    log = f"test_config_{os.getpid()}"
+    proc = subprocess.run(["sh", str(REPO / "code" / "prune" / "prune.sh"), "games", "SASRec", "0.3", "50", log,
+                           "cpu", "stable", "--lamda", "-2", "--score_dir", str(tmp_path / "s")],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
+    log_file = REPO / "code" / "prune" / "logs" / f"{log}.log"
+    try:
+        text = log_file.read_text()
+    finally:
+        log_file.unlink(missing_ok=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--lamda must be ≥ 0, got -2.0" in text and "--strategy dealrec-stable" in text
+
+
+@pytest.mark.parametrize("script,flag", [
+    ("code/prune/prune.py", "--hidden_size"), ("code/finetune/finetune.py", "--train_data_path"),
+    ("code/finetune/inference.py", "--result_json_data"), ("code/finetune/data/gen_fewshot.py", "--n_sample"),
+    ("code/finetune/data/evaluate.py", "--result_file"), ("bench/reproduce.py", "--learning_rate"),
+])
+def test_every_cli_lists_its_flags(script, flag):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO / Path(script).parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert flag in proc.stdout

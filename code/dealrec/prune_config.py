@@ -150,7 +150,8 @@ PRUNE_ALIASES: dict[str, Alias] = {
     "num_hidden_layers": Alias(("surrogate.train.num_hidden_layers",)),
     "num_attention_heads": Alias(("surrogate.train.num_attention_heads",)),
     "hidden_act": Alias(ignored=True, type=str, note="accepted for the original's command lines; the "
-                        "surrogates' activations are fixed (SASRec's feed-forward is ReLU, as the original's)"),
+                        "surrogates' activations are fixed (SASRec's feed-forward is ReLU: the original's "
+                        "SASRec did not read --hidden_act either)"),
     "hidden_dropout_prob": Alias(("surrogate.train.dropout",)),
     "attention_probs_dropout_prob": Alias(("surrogate.train.attention_dropout",)),
     "initializer_range": Alias(("surrogate.train.initializer_range",)),
