@@ -51,11 +51,11 @@ from dealrec.io import LOG, load_tensor, read_json, setup_logging, write_json, w
 from dealrec.metrics import DEFAULT_KS, topk_from_scores, topk_metrics  # noqa: E402
 from dealrec.prune import (  # noqa: E402
     PruneConfig,
-    _influence_file,
-    _surrogate_file,
     compute_influence,
     eligible_mask,
+    influence_file,
     load_or_train_surrogate,
+    surrogate_file,
 )
 from dealrec.select import ScoreSet, run_strategy  # noqa: E402
 from dealrec.study import Study, StudyConfig  # noqa: E402
@@ -96,7 +96,7 @@ def prune_config(args, name: str, **kw) -> PruneConfig:
     base = dict(data_dir=args.data_dir, data_name=args.data_name, surrogate=name, epochs=args.epochs,
                 eval_every=args.eval_every, seed=args.seed, recursion_depth=args.recursion_depth,
                 max_users=args.max_users, score_dir=str(Path(args.work) / "scores"))
-    return PruneConfig(**{**base, **kw})
+    return PruneConfig.flat(**{**base, **kw})
 
 
 def at(metrics: dict, ks=KS, computed=DEFAULT_KS) -> dict:
@@ -112,7 +112,7 @@ def train(args, data) -> dict:
     for name in args.surrogates:
         cfg = prune_config(args, name)
         load_or_train_surrogate(cfg, data)
-        m = read_json(_surrogate_file(cfg).with_name(_surrogate_file(cfg).name + ".json"))
+        m = read_json(surrogate_file(cfg).with_name(surrogate_file(cfg).name + ".json"))
         out[name] = {
             **at(m["test"]), "best_epoch": m["best_epoch"], "seconds_per_epoch": round(m["seconds_per_epoch"], 1),
             "seconds_per_eval": round(m["seconds_per_eval"], 1), "train_seconds": round(m["seconds"], 1),
@@ -134,7 +134,7 @@ def interleaved_timing(args, data, reps: int = 3, batches: int = 20) -> dict:
     setups = {}
     valid, _ = eval_sets(data)
     for name in args.surrogates:
-        cfg = prune_config(args, name).surrogate_config()
+        cfg = prune_config(args, name).surrogate.config()
         model = build_surrogate(name, data.n_items, cfg).train()
         obj = objective_of(model)
         gen = torch.Generator().manual_seed(0)
@@ -193,7 +193,7 @@ def variants(args) -> list[tuple[str, str, dict]]:
     """(label, surrogate, PruneConfig overrides) of every influence score compared."""
     out = [(name, name, {}) for name in args.surrogates]
     for name in args.surrogates:
-        ckpt = str(_surrogate_file(prune_config(args, name)))
+        ckpt = str(surrogate_file(prune_config(args, name)))
         out.append((f"{name} seed {args.seed2}", name, {
             "seed": args.seed2, "surrogate_checkpoint": ckpt, "score_dir": str(Path(args.work) / f"scores_seed{args.seed2}")}))
     if args.expected:
@@ -209,7 +209,7 @@ def influence(args, data) -> dict[str, torch.Tensor]:
         model = load_or_train_surrogate(prune_config(args, name), data) if "surrogate_checkpoint" not in kw \
             else load_or_train_surrogate(cfg, data)
         scores[label] = compute_influence(cfg, data, model)
-        m = read_json(_influence_file(cfg).with_name(_influence_file(cfg).name + ".json"))
+        m = read_json(influence_file(cfg).with_name(influence_file(cfg).name + ".json"))
         timing[label] = {k: round(v, 1) for k, v in m["timing"].items()} | {"seconds": round(m["seconds"], 1)}
     return scores, timing
 
@@ -275,7 +275,7 @@ def agreement(args, data, scores: dict[str, torch.Tensor]) -> dict:
 def signal(args, kind: str, selections: dict[str, list[int]], n: int, n_pool: int | None) -> dict:
     """SASRec trained on each surrogate's selection and a random one (and, for a pool of the first
     N users, on all its candidates), with the reproduction study's recipe and code."""
-    study = Study(StudyConfig(data_dir=args.data_dir, data_name=args.data_name,
+    study = Study(StudyConfig.flat(data_dir=args.data_dir, data_name=args.data_name,
                               out_dir=str(Path(args.work) / f"study_{kind}"), n=n, pool_users=n_pool,
                               strategies=("dealrec",), seeds=tuple(args.sasrec_seeds)))
     runs = {lab: users for lab, users in selections.items()
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     write_json(out / "agreement.json", {"machine": machine, **agree})
     write_json(out / "selections.json", selections)
     write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
-        StudyConfig(n=args.n).sasrec_config(0)), "rows": sig})
+        StudyConfig.flat(n=args.n).sasrec_config(0)), "rows": sig})
     write_text(out / "REPORT.md", report(args, acc, pop, timing, agree, sig, machine))
     LOG.info("wrote %s", out / "REPORT.md")
     return 0

@@ -11,8 +11,6 @@ parallel, then ``--only runs`` with disjoint ``--strategies`` in parallel, then 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -20,54 +18,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _csv(cast):
-    return lambda s: tuple(cast(x) for x in s.split(",") if x.strip())
+def parse_args(argv: list[str] | None = None):
+    """(StudyConfig, namespace of --only/--log_file): the defaults, the preset, then the options —
+    every setting of :class:`dealrec.study.StudyConfig` by its flat name (``--n``, ``--lamda``,
+    ``--learning_rate`` …) or dotted name (``--finetune.lora_r``); lists comma-separated."""
+    from dealrec.config import Alias, build_parser, namespace_values, override
+    from dealrec.io import resolve_device
+    from dealrec.study import ONLY, PRESETS, STUDY_ALIASES, StudyConfig
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--preset", choices=("cpu", "gpu"), default=None, help="sizes of the study (options below override)")
-    a("--only", choices=("prune", "embed", "runs", "report", "all"), default="all",
-      help="one part: prune (scores), embed (item titles for grounding), runs, report")
-    a("--data_dir", default=str(REPO / "data"))
-    a("--data_name", default=None, help="default games")
-    a("--out_dir", default=None, help="default results/<data>_<n>")
-    a("--n", type=int, default=None, help="selected samples per run")
-    a("--strategies", type=_csv(str), default=None, help="comma-separated, e.g. dealrec,random")
-    a("--seeds", type=_csv(int), default=None, help="comma-separated, e.g. 0,1,2")
-    a("--pool_users", type=int, default=None, help="candidates = the first N users")
-    a("--test_users", type=int, default=None, help="fixed random sample of N test users")
-    a("--base_model", default=None, help="local HF model dir (default: embedded SmolLM2-135M-Instruct)")
-    a("--gpu_id", default="cpu")
-    a("--lamda", type=float, default=None)
-    a("--k", type=int, default=None)
-    a("--surrogate_epochs", type=int, default=None)
-    a("--recursion_depth", type=int, default=None)
-    a("--cutoff_len", type=int, default=None)
-    a("--num_epochs", type=float, default=None, help="LoRA epochs per run")
-    a("--learning_rate", type=float, default=None)
-    a("--train_on_inputs", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-      help="true: loss on the whole prompt (paper); false: on the response only (cpu preset)")
-    a("--max_steps", type=int, default=None, help="LoRA optimiser steps per run (overrides --num_epochs)")
-    a("--num_beams", type=int, default=None)
-    a("--max_new_tokens", type=int, default=None)
-    a("--max_items", type=int, default=None, help="ground among the first N items + targets (tests only)")
-    a("--sasrec_epochs", type=int, default=None)
-    a("--log_file", default=None)
-    return p.parse_args(argv)
+    aliases = {**STUDY_ALIASES, "gpu_id": Alias(("prune.device",), type=lambda s: str(resolve_device(s)),
+                                                note="GPU index or 'cpu' (default: cpu)")}
+    p = build_parser(StudyConfig, aliases, base=StudyConfig.flat(data_dir=str(REPO / "data")), description=__doc__)
+    p.add_argument("--only", choices=ONLY, default="all",
+                   help="one part: prune (scores), embed (item titles for grounding), runs, report")
+    p.add_argument("--log_file", default=None)
+    ns = p.parse_args(argv)
+    values, _ = namespace_values(ns, StudyConfig, aliases)
+    preset = values.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        p.error(f"--preset: choose from {', '.join(PRESETS)}")
+    cfg = StudyConfig.from_preset(preset, data_dir=str(REPO / "data"))
+    return override(cfg, values), ns
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from dealrec.io import resolve_device, setup_logging
-    from dealrec.study import StudyConfig, run_study
+    from dealrec.io import setup_logging
+    from dealrec.study import run_study
 
-    fields = {f.name for f in dataclasses.fields(StudyConfig)} - {"preset", "device"}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    overrides["device"] = str(resolve_device(args.gpu_id))
+    cfg, args = parse_args(argv)
     try:
-        cfg = StudyConfig.from_preset(args.preset, **overrides)
         log_file = args.log_file or cfg.out / "logs" / time.strftime(f"study-{args.only}_%Y%m%d-%H%M%S.log")
         log = setup_logging(log_file)
         log.info("reproduce %s", " ".join(sys.argv[1:] if argv is None else argv))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dealrec.beam import beam_search, shared_prefix, unsupported_settings
-from dealrec.generate import left_pad
+from dealrec.padding import pad_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,7 @@ def _reference(model, seqs, num_beams, max_new_tokens, length_penalty=1.0) -> li
     """transformers' generate on the left-padded batch; new tokens up to the first EOS (kept)."""
     from transformers import GenerationConfig
 
-    ids, mask = left_pad(seqs, PAD)
+    ids, mask = pad_batch(seqs, PAD, "left")
     gc = GenerationConfig(num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=PAD,
                           eos_token_id=EOS, bos_token_id=1, length_penalty=length_penalty)
     with torch.no_grad():

@@ -107,26 +107,26 @@ def test_bad_arguments_fail_before_any_work(cli, tmp_path, monkeypatch, args, me
 
 def test_config_validate_raises(tmp_path):
     with pytest.raises(ValueError, match="registered: BERT4Rec, GRU4Rec, SASRec"):
-        PruneConfig(surrogate="nope").validate()
+        PruneConfig.flat(surrogate="nope").validate()
     with pytest.raises(ValueError, match="--lamda"):
-        PruneConfig(lamda=-1e-9).validate()
+        PruneConfig.flat(lamda=-1e-9).validate()
     with pytest.raises(ValueError, match="--k"):
-        PruneConfig(k=-3).validate()
+        PruneConfig.flat(k=-3).validate()
     with pytest.raises(ValueError, match="--hard_prune"):
-        PruneConfig(hard_prune=1).validate()
+        PruneConfig.flat(hard_prune=1).validate()
     with pytest.raises(ValueError, match="--stage"):
-        PruneConfig(stage="bogus").validate()
+        PruneConfig.flat(stage="bogus").validate()
     with pytest.raises(ValueError, match="--effort_target"):
-        PruneConfig(effort_target="bogus").validate()
+        PruneConfig.flat(effort_target="bogus").validate()
     with pytest.raises(ModelError, match="no such directory"):
-        PruneConfig(resume_from_checkpoint=str(tmp_path / "none")).validate()
-    PruneConfig(lamda=0, k=1, hard_prune=0).validate()
+        PruneConfig.flat(resume_from_checkpoint=str(tmp_path / "none")).validate()
+    PruneConfig.flat(lamda=0, k=1, hard_prune=0).validate()
 
 
 def test_unknown_data_set_folder(cli, tmp_path, monkeypatch):
     forbid(monkeypatch, "train_surrogate")
     with pytest.raises(DataError, match=r"data set folder .*nope does not exist"):
-        prune_lib.run(PruneConfig(data_dir=str(tmp_path), data_name="nope", score_dir=str(tmp_path / "s")))
+        prune_lib.run(PruneConfig.flat(data_dir=str(tmp_path), data_name="nope", score_dir=str(tmp_path / "s")))
     rc, log = run_main(cli, ["--data_dir", str(tmp_path), "--data_name", "nope", "--score_dir", str(tmp_path / "s"),
                              "--selected_dir", str(tmp_path / "sel")])
     assert rc == 2 and f"data set folder {tmp_path / 'nope'} does not exist" in log
@@ -149,7 +149,7 @@ def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
     n = small_games.n_users
     save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
     save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
-    cfg = PruneConfig(
+    cfg = PruneConfig.flat(
         data_dir=str(REPO / "data"), max_users=n, n_fewshot=500, score_dir=str(tmp_path / "s"),
         selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
         effort_scores=str(tmp_path / "eff.pt"),
@@ -165,12 +165,12 @@ def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
             influence=load_tensor(tmp_path / "inf.pt"), effort=load_tensor(tmp_path / "eff.pt"),
             eligible=prune_lib.eligible_mask(small_games)))
     # Within the pool, the same files select at once.
-    manifest = prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5}))
+    manifest = prune_lib.run(cfg.set(n_fewshot=5))
     assert len(manifest["indices"]) == 5 and manifest["score_files"]["influence"] == str(tmp_path / "inf.pt")
     # Score files of another length are refused.
     save_tensor(tmp_path / "short.pt", torch.rand(n - 1))
     with pytest.raises(ValueError, match=rf"influence scores have {n - 1} entries but games has {n} users"):
-        prune_lib.run(PruneConfig(**{**cfg.__dict__, "n_fewshot": 5, "influence_scores": str(tmp_path / "short.pt")}))
+        prune_lib.run(cfg.set(n_fewshot=5, influence_scores=str(tmp_path / "short.pt")))
 
 
 @needs_games
@@ -200,7 +200,7 @@ def test_wrong_surrogate_checkpoint(cli, small_games, tmp_path, monkeypatch):
     forbid(monkeypatch, "train_surrogate")
     wrong = build_surrogate("SASRec", 10, SurrogateConfig()).state_dict()  # 10 items, not the Games catalogue
     save_tensor(tmp_path / "wrong.pt", wrong)
-    cfg = PruneConfig(data_dir=str(REPO / "data"), max_users=20, stage="surrogate", score_dir=str(tmp_path / "s"),
+    cfg = PruneConfig.flat(data_dir=str(REPO / "data"), max_users=20, stage="surrogate", score_dir=str(tmp_path / "s"),
                       surrogate_checkpoint=str(tmp_path / "wrong.pt"))
     with pytest.raises(ValueError, match=r"does not match SASRec for games \(\d+ items\).*shape mismatch \['item_embeddings.weight'\]"):
         prune_lib.run(cfg)
@@ -211,7 +211,7 @@ def test_wrong_surrogate_checkpoint(cli, small_games, tmp_path, monkeypatch):
     assert rc == 2 and "missing ['LayerNorm.bias']" in log and "item_embeddings.weight" in log
     save_tensor(tmp_path / "list.pt", [1, 2, 3])
     with pytest.raises(ValueError, match="expected a state_dict"):
-        prune_lib.run(PruneConfig(**{**cfg.__dict__, "surrogate_checkpoint": str(tmp_path / "list.pt")}))
+        prune_lib.run(cfg.set(surrogate_checkpoint=str(tmp_path / "list.pt")))
     assert not (tmp_path / "s" / "surrogate.pt").exists()
 
 
@@ -291,7 +291,7 @@ def test_correct_surrogate_checkpoint_skips_training(cli, pipeline, monkeypatch)
     ckpt = tmp / "scores" / "surrogate.pt"
     forbid(monkeypatch, "train_surrogate", "influence_scores")
     monkeypatch.setattr(prune_lib.EffortModel, "load", lambda *a, **k: pytest.fail("effort must be reused"))
-    cfg = PruneConfig(data_dir=str(REPO / "data"), max_users=N_USERS, score_dir=str(tmp / "scores"),
+    cfg = PruneConfig.flat(data_dir=str(REPO / "data"), max_users=N_USERS, score_dir=str(tmp / "scores"),
                       surrogate_checkpoint=str(ckpt))
     data = prune_lib.load_dataset(cfg.data_dir, cfg.data_name, check_dicts=False).subset_users(N_USERS)
     model = prune_lib.load_or_train_surrogate(cfg, data)
@@ -315,9 +315,9 @@ def test_surrogate_files_and_parameters(tmp_path):
     """SASRec keeps the original file names; another surrogate's files carry its name, so all share
     one score_dir (and its effort scores) without overwriting each other."""
     def files(**kw):
-        cfg = PruneConfig(score_dir=str(tmp_path), **kw)
-        return (prune_lib._surrogate_file(cfg).name, prune_lib._influence_file(cfg).name,
-                prune_lib._effort_file(cfg).name, cfg.influence_parameters)
+        cfg = PruneConfig.flat(score_dir=str(tmp_path), **kw)
+        return (prune_lib.surrogate_file(cfg).name, prune_lib.influence_file(cfg).name,
+                prune_lib.effort_file(cfg).name, cfg.influence_parameters)
 
     sasrec_param = ("item_encoder.layer.1.attention.dense.weight",)
     assert files() == ("surrogate.pt", "influence.pt", "effort.pt", sasrec_param)
@@ -326,13 +326,13 @@ def test_surrogate_files_and_parameters(tmp_path):
     assert files(surrogate="GRU4Rec", negatives="expected") == (
         "surrogate_GRU4Rec.pt", "influence_GRU4Rec_expected.pt", "effort.pt", ("dense.weight",))
     assert files(surrogate="GRU4Rec", influence_params=("gru.weight_hh_l0",))[3] == ("gru.weight_hh_l0",)
-    PruneConfig(surrogate="GRU4Rec", influence_params=("gru.weight_hh_l0",)).validate()
+    PruneConfig.flat(surrogate="GRU4Rec", influence_params=("gru.weight_hh_l0",)).validate()
     # The surrogate's registered training defaults; SASRec's configuration is the plain one.
-    assert PruneConfig().surrogate_config() == SurrogateConfig()
-    assert PruneConfig(surrogate="BERT4Rec", epochs=3).surrogate_config() == SurrogateConfig(epochs=3, dropout=0.1)
-    assert PruneConfig(surrogate="GRU4Rec").surrogate_config().lr == 3e-3  # its registered default
-    assert PruneConfig(surrogate="GRU4Rec", lr=1e-2).surrogate_config().lr == 1e-2  # --lr wins
-    assert PruneConfig(lr=1e-3).surrogate_config() == PruneConfig().surrogate_config()
+    assert PruneConfig.flat().surrogate.config() == SurrogateConfig()
+    assert PruneConfig.flat(surrogate="BERT4Rec", epochs=3).surrogate.config() == SurrogateConfig(epochs=3, dropout=0.1)
+    assert PruneConfig.flat(surrogate="GRU4Rec").surrogate.config().lr == 3e-3  # its registered default
+    assert PruneConfig.flat(surrogate="GRU4Rec", lr=1e-2).surrogate.config().lr == 1e-2  # --lr wins
+    assert PruneConfig.flat(lr=1e-3).surrogate.config() == PruneConfig.flat().surrogate.config()
 
 
 def run_other_surrogate(pipeline, name: str):
@@ -360,13 +360,13 @@ def test_end_to_end_with_another_surrogate(pipeline, name):
     assert m["params"]["surrogate"] == name and m["params"]["config"]["epochs"] == 2
     state = load_tensor(scores / f"surrogate_{name}.pt")
     model = build_surrogate(name, prune_lib.load_dataset(REPO / "data", "games", check_dicts=False).n_items,
-                            prune_lib.PruneConfig(surrogate=name).surrogate_config())
+                            prune_lib.PruneConfig.flat(surrogate=name).surrogate.config())
     model.load_state_dict(state)  # the cached checkpoint loads back into the registered model
     inf = load_tensor(scores / f"influence_{name}.pt")
     assert inf.shape == (N_USERS,) and torch.isfinite(inf).all()
     assert not torch.equal(inf, load_tensor(scores / "influence.pt"))
     assert read_json(scores / f"influence_{name}.pt.json")["params"]["config"]["params"] == list(
-        prune_lib.PruneConfig(surrogate=name).influence_parameters)
+        prune_lib.PruneConfig.flat(surrogate=name).influence_parameters)
     sel = tmp / f"sel_{name}"
     manifest = read_json(sel / f"games_{N_FEWSHOT}.pt.json")
     assert manifest["surrogate"] == name and len(manifest["indices"]) == N_FEWSHOT
@@ -383,10 +383,9 @@ def test_sasrec_cache_keys_are_the_original(pipeline):
     data_key = {"data_name": "games", "train_file": file_hash(REPO / "data" / "games" / "sequential_train.txt"),
                 "max_users": N_USERS}
     scfg = SurrogateConfig(epochs=2, batch_size=500, lr=1e-3, patience=5, eval_every=1, seed=42)
-    import dataclasses
 
     m = read_json(tmp / "scores" / "surrogate.pt.json")
-    assert m["key"] == cache_key({**data_key, "surrogate": "SASRec", "config": dataclasses.asdict(scfg)})
+    assert m["key"] == cache_key({**data_key, "surrogate": "SASRec", "config": scfg.key()})
     m = read_json(tmp / "scores" / "influence.pt.json")
     assert set(m["params"]) == {"data_name", "train_file", "max_users", "surrogate", "config"}
     assert m["params"]["config"]["params"] == ["item_encoder.layer.1.attention.dense.weight"]

@@ -53,7 +53,7 @@ def test_config_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="--preset"):
         StudyConfig.from_preset("tpu")
     with pytest.raises(ValueError, match="--lamda"):
-        StudyConfig(lamda=-1).validate()
+        StudyConfig.flat(lamda=-1).validate()
     cfg = StudyConfig.from_preset("cpu", n=64)
     assert cfg.n == 64 and cfg.strategies == PRESETS["cpu"]["strategies"] and cfg.num_beams == 1
     assert StudyConfig.from_preset("gpu").n == 1024 and StudyConfig.from_preset("gpu").test_users is None
@@ -113,4 +113,4 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
 def test_n_larger_than_candidates(tiny_dataset):
     ds = tiny_dataset("games", dicts=False)
     with pytest.raises(ValueError, match="--n 5 exceeds the 2 eligible candidates"):
-        Study(StudyConfig(data_dir=str(ds.data_dir), data_name="games", n=5, seeds=(0,)))
+        Study(StudyConfig.flat(data_dir=str(ds.data_dir), data_name="games", n=5, seeds=(0,)))

@@ -539,15 +539,15 @@ def test_checkpoint_loads_back(trained_on_games, tmp_path, name):
     _, test = eval_sets(data, cfg.max_seq_length)
     assert evaluate(fresh, test, cfg.ks) == evaluate(model, test, cfg.ks) == res.test
     # through the pipeline's --surrogate_checkpoint (the pipeline's configuration: d = 64)
-    pcfg = PruneConfig(surrogate=name, surrogate_checkpoint=str(tmp_path / "p.pt"), score_dir=str(tmp_path / "s"))
-    made = build_surrogate(name, data.n_items, dataclasses.replace(pcfg.surrogate_config(), seed=3))
+    pcfg = PruneConfig.flat(surrogate=name, surrogate_checkpoint=str(tmp_path / "p.pt"), score_dir=str(tmp_path / "s"))
+    made = build_surrogate(name, data.n_items, dataclasses.replace(pcfg.surrogate.config(), seed=3))
     save_tensor(tmp_path / "p.pt", made.state_dict())
     loaded = load_or_train_surrogate(pcfg, data)
     assert objective_of(loaded) is surrogate_spec(name).objective
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), made.state_dict().values()))
     other = "GRU4Rec" if name == "BERT4Rec" else "BERT4Rec"
     with pytest.raises(ValueError, match=f"does not match {other} for games"):
-        load_or_train_surrogate(PruneConfig(surrogate=other, surrogate_checkpoint=str(tmp_path / "p.pt")), data)
+        load_or_train_surrogate(PruneConfig.flat(surrogate=other, surrogate_checkpoint=str(tmp_path / "p.pt")), data)
 
 
 def test_gru4rec_state_dict_layout():

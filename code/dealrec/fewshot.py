@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,21 @@ from tqdm.auto import tqdm
 from .data import DataError, RecData
 from .io import LOG, cache_key, cached, manifest_path, read_json, write_json, write_manifest
 from .prompts import build_example, clean_title
+
+
+@dataclass
+class FewshotConfig:
+    """The settings of ``gen_fewshot.py`` (the original's names)."""
+
+    data_dir: str = "data"  # folder holding <data_name>/
+    data_name: str = "games"
+    n_sample: int = 1024  # number of selected users (the file label)
+    selected: str | None = None  # selection file (default code/prune/selected/{data}_{n}.pt)
+    base_model: str | None = None  # tokenizer for truncation (default: the embedded model)
+    cutoff_len: int = 512
+    max_test_users: int | None = None  # only the first N test users
+    out_dir: str | None = None  # default: code/finetune/data/<data_name>/
+    overwrite: bool = False  # rewrite files that are up to date
 
 SPLITS = ("train", "valid", "test")
 
@@ -98,8 +114,8 @@ def load_selection(path: str | os.PathLike, data: RecData) -> list[int]:
     path = Path(path)
     if not path.is_file():
         raise DataError(
-            f"selection file {path} not found; run the pruning stage first "
-            f"(code/prune/prune.sh {data.name} N) or pass --selected FILE "
+            f"selection file {path} not found; run the pruning stage first (cd code/prune && "
+            f"sh prune.sh {data.name} SASRec 0.3 50 <log_name> <gpu_id|cpu> --n_fewshot N) or pass --selected FILE "
             "(use n_sample = number of users for full-data fine-tuning)"
         )
     mpath = manifest_path(path)

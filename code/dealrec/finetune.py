@@ -28,9 +28,14 @@ from typing import Any
 
 import torch
 
+from .dist import dist_info
 from .hardware import cpu_precision
 from .io import LOG, Timer, cache_key, file_hash, read_json, seed_everything, write_json
 from .llm import (
+    LORA_ALPHA,
+    LORA_DROPOUT,
+    LORA_R,
+    LORA_TARGET_MODULES,
     add_lora,
     align_special_tokens,
     check_adapter,
@@ -51,8 +56,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 class FinetuneConfig:
     """All parameters of one fine-tuning run (names as the original's command line)."""
 
-    train_file: str
-    output_dir: str
+    train_file: str = ""  # required (the original's --train_data_path)
+    output_dir: str = ""  # required
     val_file: str | None = None
     base_model: str | None = None
     batch_size: int = 128  # effective batch = micro_batch_size * accumulation * world size
@@ -64,10 +69,10 @@ class FinetuneConfig:
     # Without val_file: that many training examples are held out for validation (0 = none);
     # with val_file: at most that many validation examples are used (None = all).
     val_set_size: int | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_r: int = LORA_R
+    lora_alpha: int = LORA_ALPHA
+    lora_dropout: float = LORA_DROPOUT
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
     train_on_inputs: bool = True
     group_by_length: bool = True
     eval_steps: int = 100
@@ -103,10 +108,6 @@ class FinetuneResult:
     manifest: dict[str, Any]
     model: Any = None  # the trained PeftModel (None when the run was skipped as done)
     tokenizer: Any = None
-
-
-def _dist_info() -> tuple[int, int]:
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def _load_examples(path: str | None, what: str) -> list[dict[str, Any]]:
@@ -197,7 +198,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
         LOG.info("%s: adapter with the same configuration exists, skipping training", out)
         return FinetuneResult(out, read_json(out / MANIFEST))
 
-    world, local_rank = _dist_info()
+    _, world, local_rank = dist_info()
     ddp = world > 1
     if cfg.micro_batch_size <= 0 or cfg.batch_size < cfg.micro_batch_size * world:
         raise ValueError(

@@ -27,8 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .beam import unsupported_settings
+from .dist import init_distributed
 from .hardware import cpu_precision
 from .io import LOG, cache_key, cached, file_hash, manifest_path, read_json, write_json, write_manifest
+from .padding import pad_batch
 from .prompts import prompt_of
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
@@ -54,18 +56,6 @@ def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int 
             ids = head + ids[len(ids) - cutoff_len + len(head):]
         out.append(ids)
     return out
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of ``seqs`` padded on the left."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, n - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, n - len(s):] = 1
-    return ids, mask
 
 
 def _model_device(model: Any) -> torch.device:
@@ -113,7 +103,7 @@ def _fast_runner(model: Any, tokenizer: Any, seqs: list[list[int]], num_beams: i
 
 @torch.no_grad()
 def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_config: Any) -> list[str]:
-    ids, mask = left_pad(seqs, tokenizer.pad_token_id)
+    ids, mask = pad_batch(seqs, tokenizer.pad_token_id, "left")
     device = _model_device(model)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config)
     sequences = out.sequences if hasattr(out, "sequences") else out
@@ -222,8 +212,8 @@ def generate(
 
 @dataclass
 class InferenceConfig:
-    test_file: str
-    result_file: str
+    test_file: str = ""  # required (the original's --test_data_path)
+    result_file: str = ""  # required (--result_json_data)
     base_model: str | None = None
     lora_weights: str | None = None  # None: the base model without adapter
     num_beams: int = 4
@@ -268,20 +258,8 @@ def read_test_file(path: str | os.PathLike, max_test_users: int | None = None) -
 
 def dist_setup() -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether this call created the process group)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    created = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        created = True
-    rank = dist.get_rank() if world > 1 else 0
-    return rank, world, device, created
+    info, device, created = init_distributed()
+    return info.rank, info.world_size, device, created
 
 
 def _partial_files(result: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,30 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, RecData
-from .generate import bf16_copy, left_pad
+from .generate import bf16_copy
 from .hardware import cpu_precision
 from .io import LOG, cache_key, cached, load_tensor, read_json, save_tensor, write_json, write_manifest
 from .metrics import DEFAULT_KS, format_table, topk_metrics
+from .padding import pad_batch
 from .prompts import clean_title
+
+
+@dataclass
+class EvaluateConfig:
+    """The settings of ``evaluate.py`` (the original's names)."""
+
+    result_file: str | None = None  # result JSON of inference.py
+    input_dir: str | None = None  # with filename: <input_dir>/<data>/<filename>.json
+    filename: str | None = None
+    data_name: str | None = None  # default: from the result manifest, else games
+    data_dir: str = "data"
+    base_model: str | None = None  # the BASE model of the fine-tuning (default: embedded)
+    gpu: str = "cpu"  # GPU index or cpu
+    batch_size: int = 32
+    ks: tuple[int, ...] = DEFAULT_KS
+    max_items: int | None = None  # demo only: rank among the first N items + targets
+    ground_precision: str = "fp32"  # fp32 | bf16 (CPU with native bf16) | auto: embeddings' precision
+
 
 POOLING = "last-token-v1"
 GROUND_AUTO = "fp32"  # what --ground_precision auto runs (README "Performance": agreement of bf16)
@@ -69,7 +89,7 @@ def embed_texts(
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start: start + batch_size]
-        ids, mask = left_pad([seqs[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask = pad_batch([seqs[i] for i in idx], tokenizer.pad_token_id, "left")
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
         hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state

@@ -268,11 +268,19 @@ def load_base_model(
     return model
 
 
+# The LoRA recipe of the original (alpaca-lora): the one place of its defaults, read by the
+# fine-tuning (FinetuneConfig) and effort (EffortConfig) configurations and their command lines.
+LORA_R = 8
+LORA_ALPHA = 16
+LORA_DROPOUT = 0.05
+LORA_TARGET_MODULES = ("q_proj", "v_proj")
+
+
 def lora_config(
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.05,
-    target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
+    r: int = LORA_R,
+    alpha: int = LORA_ALPHA,
+    dropout: float = LORA_DROPOUT,
+    target_modules: list[str] | tuple[str, ...] = LORA_TARGET_MODULES,
 ) -> Any:
     from peft import LoraConfig
 

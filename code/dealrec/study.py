@@ -12,7 +12,14 @@ One data set, one sample count n, strategies × seeds (the paper's Table 2 setti
    users' sequences, evaluated on the full test set (plus a reference row: SASRec on every
    candidate user);
 4. ``<out>/REPORT.md`` (mean ± sample std over seeds, the paper's Table 2 rows beside them,
-   wall-clock time per stage, the configuration) and ``<out>/report.png`` (bars with error bars).
+   wall-clock time per stage, the configuration) and ``<out>/report.png`` (bars with error bars),
+   rendered by :mod:`dealrec.study_report`.
+
+:class:`StudyConfig` holds a :class:`~dealrec.prune.PruneConfig`, a
+:class:`~dealrec.finetune.FinetuneConfig` and an :class:`~dealrec.generate.InferenceConfig`
+(the study's defaults are overrides of their settings) plus the study's own settings; the flat
+names of the earlier flat configuration (``n``, ``lamda``, ``learning_rate``, ``num_beams`` …)
+remain readable and settable (:data:`STUDY_ALIASES`).
 
 Every output is cached with a manifest, so an interrupted study resumes where it stopped, and
 several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
@@ -21,143 +28,140 @@ several processes can share the work when given disjoint ``strategies`` (``only=
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import platform
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from .config import Alias, FlatView, from_flat, get, override
 from .data import load_dataset
 from .fewshot import build_examples, write_fewshot
 from .finetune import FinetuneConfig, is_done
 from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
 from .ground import evaluate_results, metrics_path
-from .io import (
-    LOG,
-    Timer,
-    atomic_path,
-    cache_key,
-    cached,
-    file_hash,
-    read_json,
-    save_tensor,
-    write_json,
-    write_manifest,
-    write_text,
-)
+from .io import LOG, Timer, cache_key, cached, file_hash, read_json, save_tensor, write_json, write_manifest
 from .llm import model_id
+from .presets import DEFAULT_STRATEGIES
+from .presets import STUDY_PRESETS as PRESETS
 from .prune import (
-    NEEDS,
-    STABLE,
     PruneConfig,
-    _effort_file,
-    _influence_file,
-    _surrogate_file,
-    compute_baselines,
-    compute_effort,
-    compute_influence,
+    compute_scores,
+    effort_file,
     eligible_mask,
-    load_or_train_surrogate,
+    influence_file,
+    surrogate_file,
 )
-from .select import STRATEGIES, ScoreSet, run_strategy
+from .select import STRATEGIES, ScoreSet, run_strategy, strategy_spec
+from .study_report import (
+    METRICS,
+    PAPER_TABLE2,
+    REFERENCE,
+    REPORT_KS,
+    StudyFacts,
+    markdown_table,
+    mean_std,
+    plot_report,
+    summarize,
+    write_report,
+)
 from .surrogate import build_surrogate
 from .surrogate.trainer import SurrogateConfig, train_surrogate
 
-REPORT_KS = (10, 20)
-METRICS = tuple(f"{m}@{k}" for m in ("Recall", "NDCG") for k in REPORT_KS)
-
-# Paper Table 2 (BIGRec backend, LLaMA-7B, n = 1024 few-shot samples, 4 GPUs):
-# Recall@10, Recall@20, NDCG@10, NDCG@20.
-PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "games": {
-        "DEALRec": (0.0181, 0.0276, 0.0115, 0.0142),
-        "Random": (0.0163, 0.0241, 0.0100, 0.0122),
-        "Full data": (0.0169, 0.0233, 0.0102, 0.0120),
-    },
+_SEEDS = ("prune.surrogate.train.seed", "prune.influence.seed", "prune.effort.seed", "prune.select.seed")
+# The earlier flat settings of the study, in their order (REPORT.md's configuration lists them):
+# each names the setting(s) it stands for.
+STUDY_ALIASES: dict[str, Alias] = {
+    "data_dir": Alias(("prune.data_dir",)),
+    "data_name": Alias(("prune.data_name",)),
+    "n": Alias(("prune.select.n_fewshot",), note="selected samples per run"),
+    "pool_users": Alias(("prune.max_users",), note="candidates = the first N users (None: all)"),
+    "base_model": Alias(("prune.effort.base_model", "finetune.base_model", "generate.base_model")),
+    "device": Alias(("prune.device",)),
+    "lamda": Alias(("prune.select.lamda",)),
+    "k": Alias(("prune.select.k",)),
+    "hard_prune": Alias(("prune.select.hard_prune",)),
+    "prune_seed": Alias(_SEEDS, note="the pruning scores' seed (computed once)"),
+    "surrogate_epochs": Alias(("prune.surrogate.train.epochs",)),
+    "recursion_depth": Alias(("prune.influence.recursion_depth",)),
+    "cutoff_len": Alias(("prune.effort.cutoff_len", "finetune.cutoff_len", "generate.cutoff_len")),
+    "batch_size": Alias(("finetune.batch_size",)),
+    "micro_batch_size": Alias(("finetune.micro_batch_size",)),
+    "num_epochs": Alias(("finetune.num_epochs",), note="LoRA epochs per run"),
+    "learning_rate": Alias(("finetune.learning_rate",)),
+    "warmup_steps": Alias(("finetune.warmup_steps",)),
+    "train_on_inputs": Alias(("finetune.train_on_inputs",),
+                             note="true: loss on the whole prompt (paper); false: on the response only (cpu preset)"),
+    "max_steps": Alias(("finetune.max_steps",), note="LoRA optimiser steps per run (overrides --num_epochs)"),
+    "val_set_size": Alias(("finetune.val_set_size",)),
+    "eval_steps": Alias(("finetune.eval_steps",)),
+    "num_beams": Alias(("generate.num_beams",)),
+    "max_new_tokens": Alias(("generate.max_new_tokens",)),
+    "gen_batch_size": Alias(("generate.batch_size",)),
 }
-PAPER_NOTE = "BIGRec with LLaMA-7B, n = 1024, all test users, 4 GPUs (paper Table 2)"
 
-DEFAULT_STRATEGIES = ("dealrec", "random", "influence", "effort", "greedy", "el2n", "grand", "ccs")
-REFERENCE = "all candidates"  # SASRec trained on every candidate user (the full-data row)
+# The order of the flat configuration in config.json and REPORT.md (as before the sections).
+SUMMARY_ORDER = (
+    "data_dir", "data_name", "preset", "out_dir", "n", "strategies", "seeds", "pool_users", "test_users", "test_seed",
+    "base_model", "device", "lamda", "k", "hard_prune", "prune_seed", "surrogate_epochs", "recursion_depth",
+    "cutoff_len", "batch_size", "micro_batch_size", "num_epochs", "learning_rate", "warmup_steps", "train_on_inputs",
+    "max_steps", "val_set_size", "eval_steps", "num_beams", "max_new_tokens", "gen_batch_size", "max_items",
+    "sasrec_epochs", "sasrec_eval_every", "sasrec_patience",
+)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # ~90 min on 2 CPU cores with the embedded SmolLM2-135M: pruning among the first 1,000 users,
-    # n = 128, 300 fixed test users, greedy 24-token generations, two LoRA epochs (32 steps).
-    # The loss is on the response only, with a high learning rate: with the paper's whole-prompt
-    # loss, 16 steps at 3e-4 left the model echoing its input (296 of 300 generations identical
-    # across two different selections), so every strategy would have scored the same.
-    "cpu": dict(
-        n=128, strategies=("dealrec", "random", "influence", "greedy"), seeds=(0, 1), pool_users=1000,
-        test_users=300, cutoff_len=256, batch_size=8, micro_batch_size=4, num_epochs=2.0, learning_rate=2e-3,
-        warmup_steps=2, train_on_inputs=False, val_set_size=8, eval_steps=8, num_beams=1, max_new_tokens=24,
-        gen_batch_size=8,
-    ),
-    # The paper's scale: all users are candidates, n = 1024, every test user, 4 beams, 3 seeds.
-    "gpu": dict(
-        n=1024, strategies=DEFAULT_STRATEGIES, seeds=(0, 1, 2), pool_users=None, test_users=None,
-        cutoff_len=512, batch_size=128, micro_batch_size=32, num_epochs=5.0, learning_rate=3e-4,
-        warmup_steps=5, train_on_inputs=True, val_set_size=None, eval_steps=8, num_beams=4, max_new_tokens=64, gen_batch_size=64,
-    ),
+# The study's defaults where they differ from the stage configurations' own (a CPU-sized run).
+STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prune": {"select.n_fewshot": 128, "effort.cutoff_len": 256},
+    "finetune": {"batch_size": 8, "micro_batch_size": 4, "num_epochs": 1.0, "learning_rate": 3e-4, "warmup_steps": 2,
+                 "cutoff_len": 256, "val_set_size": 8, "eval_steps": 8, "logging_steps": 1},
+    "generate": {"num_beams": 1, "max_new_tokens": 24, "batch_size": 8, "cutoff_len": 256},
 }
 
 
 @dataclass
-class StudyConfig:
-    data_dir: str = "data"
-    data_name: str = "games"
+class StudyConfig(FlatView):
     preset: str | None = None
     out_dir: str | None = None  # default results/<data_name>_<n>
-    n: int = 128
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
-    pool_users: int | None = None  # candidates = the first N users (None: all)
     test_users: int | None = None  # a fixed random sample of N test users (None: all)
     test_seed: int = 0
-    base_model: str | None = None
-    device: str = "cpu"
-    # selection (the paper's Games values)
-    lamda: float = 0.3
-    k: int = 50
-    hard_prune: float = 0.1
-    # pruning scores (computed once, seed prune_seed)
-    prune_seed: int = 42
-    surrogate_epochs: int = 200
-    recursion_depth: int = 5000
-    cutoff_len: int = 256
-    # few-shot LoRA fine-tuning
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    num_epochs: float = 1.0
-    learning_rate: float = 3e-4
-    warmup_steps: int = 2
-    train_on_inputs: bool = True  # the paper's loss on the whole prompt; False: the response only
-    max_steps: int = -1
-    val_set_size: int | None = 8
-    eval_steps: int = 8
-    # generation and grounding
-    num_beams: int = 1
-    max_new_tokens: int = 24
-    gen_batch_size: int = 8
     max_items: int | None = None  # rank among the first N items + targets (None: the whole catalogue)
     # second signal: SASRec trained on the selection only
     sasrec_epochs: int = 100
     sasrec_eval_every: int = 10
     sasrec_patience: int = 2
+    prune: PruneConfig = field(default_factory=lambda: override(PruneConfig(), STUDY_DEFAULTS["prune"]))
+    finetune: FinetuneConfig = field(default_factory=lambda: override(FinetuneConfig(), STUDY_DEFAULTS["finetune"]))
+    generate: InferenceConfig = field(default_factory=lambda: override(InferenceConfig(), STUDY_DEFAULTS["generate"]))
+
+    @staticmethod
+    def _aliases() -> dict[str, Alias]:
+        return STUDY_ALIASES
+
+    @classmethod
+    def flat(cls, **values: Any) -> StudyConfig:
+        """From flat names (:data:`STUDY_ALIASES`, own fields) or dotted ones."""
+        return from_flat(cls, STUDY_ALIASES, **values)
 
     @classmethod
     def from_preset(cls, preset: str | None, **overrides: Any) -> StudyConfig:
+        """The defaults, then the preset's overrides, then ``overrides`` (None values skipped)."""
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown --preset {preset!r}; known: {', '.join(PRESETS)}")
-        values = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(preset=preset, **values)
+        cfg = from_flat(cls, STUDY_ALIASES, base=cls(preset=preset), **(PRESETS[preset] if preset else {}))
+        return from_flat(cls, STUDY_ALIASES, base=cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+    def summary(self) -> dict[str, Any]:
+        """The flat view written into ``config.json`` and REPORT.md (the earlier flat configuration)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("prune", "finetune", "generate")}
+        values = {**own, **{name: get(self, a.targets[0]) for name, a in STUDY_ALIASES.items()}}
+        return {name: values[name] for name in SUMMARY_ORDER}
 
     @property
     def out(self) -> Path:
@@ -182,97 +186,28 @@ class StudyConfig:
                 raise ValueError(f"--{name} must be > 0 (or omitted), got {v}")
         if self.micro_batch_size <= 0 or self.batch_size < self.micro_batch_size:
             raise ValueError(f"--batch_size {self.batch_size} must be ≥ --micro_batch_size {self.micro_batch_size} > 0")
+        models = {self.prune.effort.base_model, self.finetune.base_model, self.generate.base_model}
+        if len(models) > 1:
+            raise ValueError(f"--base_model: the sections name different models {sorted(map(str, models))}; set one")
         self.prune_config().validate()
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
-        cfg = PruneConfig(
-            data_dir=self.data_dir, data_name=self.data_name, score_dir=str(self.out / "scores"),
-            selected_dir=str(self.out / "selected"), strategy=strategy, lamda=self.lamda, k=self.k,
-            hard_prune=self.hard_prune, n_fewshot=self.n, seed=self.prune_seed, max_users=self.pool_users,
-            device=self.device, epochs=self.surrogate_epochs, recursion_depth=self.recursion_depth,
-            base_model=self.base_model, cutoff_len=self.cutoff_len,
-        )
-        return dataclasses.replace(cfg, **STABLE) if strategy == "dealrec-stable" else cfg
+        """The pruning configuration of ``strategy`` (its registered scoring settings applied)."""
+        cfg = override(self.prune, {"score_dir": str(self.out / "scores"), "selected_dir": str(self.out / "selected")})
+        return cfg.for_strategy(strategy)
 
     def finetune_config(self, train_file: Path, val_file: Path, output_dir: Path, seed: int) -> FinetuneConfig:
-        return FinetuneConfig(
-            train_file=str(train_file), val_file=str(val_file), output_dir=str(output_dir),
-            base_model=self.base_model, batch_size=self.batch_size, micro_batch_size=self.micro_batch_size,
-            num_epochs=self.num_epochs, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            cutoff_len=self.cutoff_len, val_set_size=self.val_set_size, eval_steps=self.eval_steps,
-            train_on_inputs=self.train_on_inputs, seed=seed, max_steps=self.max_steps, logging_steps=1,
-        )
+        return dataclasses.replace(self.finetune, train_file=str(train_file), val_file=str(val_file),
+                                   output_dir=str(output_dir), seed=seed)
+
+    def inference_config(self, test_file: Path, result_file: Path, lora_weights: Path) -> InferenceConfig:
+        return dataclasses.replace(self.generate, test_file=str(test_file), result_file=str(result_file),
+                                   lora_weights=str(lora_weights))
 
     def sasrec_config(self, seed: int) -> SurrogateConfig:
         return SurrogateConfig(
             epochs=self.sasrec_epochs, eval_every=self.sasrec_eval_every, patience=self.sasrec_patience, seed=seed
         )
-
-
-# ------------------------------------------------------------------------------------------
-# Tables
-# ------------------------------------------------------------------------------------------
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    a = np.asarray(list(values), dtype=np.float64)
-    if a.size == 0:
-        raise ValueError("mean_std of no values")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def summarize(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, tuple[float, float]]]:
-    """{strategy: {metric: (mean, std)}} over the seeds of each strategy, in first-seen order."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r["strategy"], []).append(r)
-    return {s: {m: mean_std([r[m] for r in rs]) for m in metrics} for s, rs in groups.items()}
-
-
-def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: dict[str, int],
-                   paper: dict[str, tuple[float, ...]] | None = None, metrics: Sequence[str] = METRICS) -> str:
-    """A Markdown table of mean ± std per strategy (the best mean per column in bold), then the
-    paper's rows, if given."""
-    head = "| strategy | seeds | " + " | ".join(metrics) + " |"
-    lines = [head, "|" + "---|" * (len(metrics) + 2)]
-    best = {m: max((v[m][0] for v in summary.values()), default=0.0) for m in metrics}
-    for s, vals in summary.items():
-        cells = []
-        for m in metrics:
-            mu, sd = vals[m]
-            cell = f"{mu:.4f} ± {sd:.4f}"
-            cells.append(f"**{cell}**" if len(summary) > 1 and mu == best[m] and mu > 0 else cell)
-        lines.append(f"| {s} | {n_seeds.get(s, 1)} | " + " | ".join(cells) + " |")
-    for name, vals in (paper or {}).items():
-        lines.append(f"| paper: {name} | – | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
-    return "\n".join(lines)
-
-
-def plot_report(panels: dict[str, dict[str, dict[str, tuple[float, float]]]], path: str | Path, title: str) -> None:
-    """Grouped bars (one group per metric, one bar per strategy) with ±std error bars, one panel
-    per signal; written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6 * len(panels), 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, summary) in zip(axes, panels.items()):
-        strategies = list(summary)
-        width = 0.8 / max(len(strategies), 1)
-        x = np.arange(len(METRICS))
-        for i, s in enumerate(strategies):
-            mu = [summary[s][m][0] for m in METRICS]
-            sd = [summary[s][m][1] for m in METRICS]
-            ax.bar(x + (i - (len(strategies) - 1) / 2) * width, mu, width, yerr=sd, capsize=3, label=s)
-        ax.set_xticks(x, METRICS)
-        ax.set_title(name, fontsize=10)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +225,8 @@ def _at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
 
 
 class Study:
-    """The study of one :class:`StudyConfig`; every method reuses what is on disk."""
+    """The runs of one :class:`StudyConfig` (orchestration and caching; the report is rendered by
+    :mod:`dealrec.study_report`); every method reuses what is on disk."""
 
     def __init__(self, cfg: StudyConfig):
         cfg.validate()
@@ -343,20 +279,12 @@ class Study:
         return path
 
     def scores(self, strategy: str) -> ScoreSet:
-        """The scores ``strategy`` needs (computed once, cached in ``<out>/scores``)."""
+        """The scores ``strategy`` needs (:func:`dealrec.prune.compute_scores`, cached in ``<out>/scores``)."""
         pcfg = self.cfg.prune_config(strategy)
-        needs = set(NEEDS.get(strategy, ("influence", "effort", "baselines")))
-        tag = f"{pcfg.negatives}-{pcfg.effort_target}-{'-'.join(sorted(needs))}"
+        needs = strategy_spec(strategy).needs
+        tag = f"{pcfg.influence.negatives}-{pcfg.effort.target}-{'-'.join(sorted(needs))}"
         if tag not in self._scores:
-            model = load_or_train_surrogate(pcfg, self.pool) if needs & {"influence", "baselines"} else None
-            s: dict[str, torch.Tensor] = {}
-            if "influence" in needs:
-                s["influence"] = compute_influence(pcfg, self.pool, model)
-            if "effort" in needs:
-                s["effort"] = compute_effort(pcfg, self.pool)
-            if "baselines" in needs:
-                s.update(compute_baselines(pcfg, self.pool, model))
-            self._scores[tag] = ScoreSet(**s, eligible=self.eligible)
+            self._scores[tag] = ScoreSet(**compute_scores(pcfg, self.pool, needs), eligible=self.eligible)
         return self._scores[tag]
 
     def prune(self) -> None:
@@ -376,8 +304,8 @@ class Study:
     def prune_timings(self) -> dict[str, float]:
         """Seconds of each pruning stage, read from the score manifests."""
         pcfg = self.cfg.prune_config()
-        files = {"surrogate": _surrogate_file(pcfg), "influence": _influence_file(pcfg),
-                 "effort": _effort_file(pcfg)}
+        files = {"surrogate": surrogate_file(pcfg), "influence": influence_file(pcfg),
+                 "effort": effort_file(pcfg)}
         out = {}
         for name, f in files.items():
             m = f.with_name(f.name + ".json")
@@ -428,11 +356,7 @@ class Study:
                 result = finetune(ft)
             self._timings(run, finetune=t.seconds)
             del result
-        icfg = InferenceConfig(
-            test_file=str(self.test_file()), result_file=str(run / "result.json"), base_model=cfg.base_model,
-            lora_weights=str(run / "adapter"), num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.gen_batch_size, cutoff_len=cfg.cutoff_len,
-        )
+        icfg = cfg.inference_config(self.test_file(), run / "result.json", run / "adapter")
         if not cached(icfg.result_file, icfg.key()):
             with Timer() as t:
                 run_inference(icfg)
@@ -456,7 +380,7 @@ class Study:
         path = self.out / "sasrec" / f"{label.replace(' ', '-')}_s{seed}.json"
         scfg = cfg.sasrec_config(seed)
         key = {"data_name": cfg.data_name, "train": file_hash(self.data.root / "sequential_train.txt"),
-               "users": cache_key({"u": sorted(users)}), "config": dataclasses.asdict(scfg)}
+               "users": cache_key({"u": sorted(users)}), "config": scfg.key()}
         if cached(path, key):
             return read_json(path)
         model = build_surrogate("SASRec", self.data.n_items, scfg)
@@ -497,97 +421,11 @@ class Study:
         return llm_rows, sas_rows
 
     def report(self, wall_seconds: float | None = None) -> Path:
-        cfg = self.cfg
+        """Collect the rows and write REPORT.md, results.json and report.png (:func:`write_report`)."""
         llm_rows, sas_rows = self.collect()
-        llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
-        seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
-        seeds[REFERENCE] = len(cfg.seeds)
-        paper = PAPER_TABLE2.get(cfg.data_name)
-        n_candidates = len(self.candidates)
-        n_test = llm_rows[0]["n_users"]
-        ranked = llm_rows[0]["n_items_ranked"]
-        prune_t = self.prune_timings()
-        stage_rows = []
-        for s in cfg.strategies:
-            rs = [r for r in llm_rows if r["strategy"] == s]
-            sr = [r for r in sas_rows if r["strategy"] == s]
-            cells = [np.mean([r.get(k, math.nan) for r in rs]) for k in ("finetune", "generate", "ground")]
-            cells.append(np.mean([r["seconds"] for r in sr]))
-            stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
-        total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
-        total += sum(r["seconds"] for r in sas_rows)
-        exact = {s: np.mean([r["exact_title_share"] for r in llm_rows if r["strategy"] == s]) for s in cfg.strategies}
-        lines = [
-            f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
-            "",
-            f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} "
-            f"({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-            f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
-            f"LLM: {model_id(cfg.base_model)}. Candidates: {n_candidates} eligible users among the first "
-            f"{self.pool.n_users} of {self.data.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
-            f"seeds {list(cfg.seeds)} (the seed drives both the selection and the fine-tuning).",
-            "",
-            "## Few-shot BIGRec (LLM signal)",
-            "",
-            f"{n_test} fixed test users (the same for every run), generations grounded among {ranked} items "
-            f"(L2, base-model last-token states). The paper's rows are {PAPER_NOTE}: a 50× larger model, "
-            "8× more samples and all test users, so compare the ordering of the rows, not the values.",
-            "",
-            markdown_table(llm_sum, seeds, paper),
-            "",
-            "Share of generations that are exactly a catalogue title: "
-            + ", ".join(f"{s} {v:.2f}" for s, v in exact.items()) + ".",
-            "",
-            "## SASRec trained on the selection only (second signal)",
-            "",
-            f"A fresh SASRec (the surrogate's recipe, {cfg.sasrec_epochs} epochs at most, early stopping on "
-            f"validation) trained on the n selected users' sequences and evaluated on the full test set "
-            f"({sas_rows[0]['n_test_users']} users, all {self.data.n_items} items). `{REFERENCE}` trains on "
-            f"every candidate ({n_candidates} users): the full-data reference.",
-            "",
-            markdown_table(sas_sum, seeds),
-            "",
-            "## Wall-clock time per stage (seconds)",
-            "",
-            "Pruning (once, cached): " + (", ".join(f"{k} {v:.0f}" for k, v in prune_t.items()) or "–")
-            + f"; sum of all stage times {total:.0f}"
-            + (f"; wall clock of this call {wall_seconds:.0f}" if wall_seconds else "") + ".",
-            "",
-            "| strategy | fine-tune | generate | ground | SASRec on selection |",
-            "|---|---|---|---|---|",
-            *stage_rows,
-            "",
-            "Means over seeds; a stage reused from disk keeps the time of the run that made it.",
-            "",
-            "## Per run",
-            "",
-            "| strategy | seed | " + " | ".join(f"LLM {m}" for m in METRICS) + " | "
-            + " | ".join(f"SASRec {m}" for m in METRICS) + " |",
-            "|" + "---|" * (2 + 2 * len(METRICS)),
-            *[f"| {a['strategy']} | {a['seed']} | " + " | ".join(f"{a[m]:.4f}" for m in METRICS) + " | "
-              + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |" for a, b in zip(llm_rows, sas_rows)],
-            "",
-            "## Configuration",
-            "",
-            "```json",
-            json.dumps(dataclasses.asdict(cfg), indent=1, default=str),
-            "```",
-            "",
-            "![results](report.png)",
-            "",
-        ]
-        path = self.out / "REPORT.md"
-        write_text(path, "\n".join(lines))
-        write_json(self.out / "results.json", {"config": dataclasses.asdict(cfg), "llm": llm_rows, "sasrec": sas_rows,
-                                                 "prune_seconds": prune_t, "stage_seconds_total": total,
-                                                 "wall_seconds": wall_seconds})
-        try:
-            plot_report({"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum},
-                        self.out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")
-        except Exception as e:  # noqa: BLE001 - the chart must never lose the report
-            LOG.warning("could not draw report.png: %s", e)
-        LOG.info("report: %s", path)
-        return path
+        facts = StudyFacts(len(self.candidates), self.pool.n_users, self.data.n_users, self.data.n_items,
+                           self.prune_timings())
+        return write_report(self.out, self.cfg, llm_rows, sas_rows, facts, wall_seconds)
 
 
 ONLY = ("prune", "embed", "runs", "report", "all")
@@ -600,7 +438,7 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
     start = time.time()
     study = Study(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg.out / "config.json", dataclasses.asdict(cfg))
+    write_json(cfg.out / "config.json", cfg.summary())
     if only == "embed":
         study.embed()
     if only in ("prune", "runs", "all"):
@@ -613,6 +451,6 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
 
 
 __all__ = [
-    "PAPER_TABLE2", "PRESETS", "Study", "StudyConfig", "markdown_table", "mean_std", "plot_report", "run_study",
-    "summarize",
+    "METRICS", "PAPER_TABLE2", "PRESETS", "STUDY_ALIASES", "Study", "StudyConfig", "markdown_table", "mean_std",
+    "plot_report", "run_study", "summarize",
 ]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..surrogate.objective import objective_of, trim_exact
 from ..surrogate.samples import SampleTensors, trim_left
+from .grad_hook import OutputGrad, weight_grads
 
 
 def _batches(samples: SampleTensors, size: int = 2048) -> list[torch.Tensor]:
@@ -53,26 +54,14 @@ def grand_scores(
     if not isinstance(module, torch.nn.Linear) or not param.endswith(".weight"):
         raise ValueError(f"GraNd needs the weight of an nn.Linear, got {param!r}")
     model.eval()
-    saved: dict[str, torch.Tensor] = {}
-
-    def hook(mod, inputs, output):  # noqa: ANN001
-        saved["x"] = inputs[0].detach()
-        out = output.detach().requires_grad_(True)
-        saved["out"] = out
-        return out
-
     out = torch.zeros(len(samples))
     for p in model.parameters():
         p.requires_grad_(False)
-    handle = module.register_forward_hook(hook)
-    try:
+    with OutputGrad(module) as hook:
         for idx in tqdm(_batches(samples), desc="GraNd", leave=False):
             ids, pos, ng = _rows(model, samples, neg, idx)
             with torch.enable_grad():
                 sums, counts = loss_terms(model, ids, pos, ng)
-                (g,) = torch.autograd.grad((sums / counts.clamp(min=1)).sum(), saved["out"])
-            per = torch.einsum("bto,bti->boi", g, saved["x"])
-            out[idx] = per.flatten(1).norm(dim=1)
-    finally:
-        handle.remove()
+                (g,) = torch.autograd.grad((sums / counts.clamp(min=1)).sum(), hook.out)
+            out[idx] = weight_grads(g, hook.take()[0]).flatten(1).norm(dim=1)
     return out

@@ -4,8 +4,9 @@
 
 L(s) is the mean next-token cross-entropy over the real tokens of s's full prompt (labels =
 inputs, as the original trains on inputs) and φ the declared parameter: by default the
-``lora_B`` of ``v_proj`` in the last decoder layer (the original's choice), with LoRA r 8,
-α 16, dropout 0. ``target="base"`` takes the frozen ``v_proj`` weight of the same layer instead:
+``lora_B`` of ``v_proj`` in the last decoder layer (the original's choice), with the LoRA
+recipe of :mod:`dealrec.llm` (r 8, α 16) and no dropout (the score is a deterministic gradient
+norm). ``target="base"`` takes the frozen ``v_proj`` weight of the same layer instead:
 the gradient that a fresh random LoRA ``A`` only projects (seed-free).
 
 Batched per-sample gradient norms from ONE backward pass per padded batch: a forward hook on
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..dist import dist_info
 from ..io import LOG, Timer, atomic_path, load_tensor, read_json, write_json
-from ..llm import add_lora, load_base_model, load_tokenizer, lora_config
+from ..llm import (
+    LORA_ALPHA,
+    LORA_R,
+    LORA_TARGET_MODULES,
+    add_lora,
+    load_base_model,
+    load_tokenizer,
+    lora_config,
+)
+from ..padding import pad_batch
 from ..prompts import tokenize_prompt
 from .effort_prefix import (
     PrefixEffort,
@@ -40,6 +51,7 @@ from .effort_prefix import (
     quantize_lower_layers,
     resolve_precision,
 )
+from .grad_hook import OutputGrad, weight_grads
 
 EFFORT_TARGETS = ("lora_B", "base")
 
@@ -50,9 +62,9 @@ class EffortConfig:
     target: str = "lora_B"
     module: str = "v_proj"
     layer: int = -1  # decoder layer index (-1 = last)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_r: int = LORA_R
+    lora_alpha: int = LORA_ALPHA
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     resume_from_checkpoint: str | None = None
     cutoff_len: int = 512
     max_batch_tokens: int = 4096
@@ -116,7 +128,6 @@ class EffortModel:
     cfg: EffortConfig
     device: torch.device
     precision: str = "fp32"  # what runs below the target layer (cfg.precision resolved)
-    _saved: dict = field(default_factory=dict)
 
     @property
     def layers(self) -> Any:
@@ -154,17 +165,14 @@ class EffortModel:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_output_embeddings()
 
-    def _hook(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        self._saved["x"] = inputs[0].detach()
-        out = output.detach().requires_grad_(True)
-        self._saved["out"] = out
-        return out
+    def capture(self) -> OutputGrad:
+        """The per-sample-gradient hook on the target linear layer (:mod:`.grad_hook`)."""
+        return OutputGrad(self.linear)
 
     def batch_norms(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-sample ‖∂L(s)/∂φ‖₂ for a padded batch, from one backward pass."""
-        handle = self.linear.register_forward_hook(self._hook)
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # correct under left padding
-        try:
+        with self.capture() as hook:
             with torch.enable_grad(), self.precision_context():
                 hidden = self.model(
                     input_ids=input_ids,
@@ -180,17 +188,13 @@ class EffortModel:
                 ce = F.cross_entropy(logits, input_ids[:, 1:][real], reduction="none")
                 n_tok = real.sum(1).clamp(min=1)
                 per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce) / n_tok
-                (g,) = torch.autograd.grad(per_sample.sum(), self._saved["out"])
-        finally:
-            handle.remove()
-        x = self._saved.pop("x").float()
-        self._saved.pop("out")
+                (g,) = torch.autograd.grad(per_sample.sum(), hook.out)
+        x = hook.take()[0].float()
         mask = attention_mask[..., None].bool()
         g = torch.where(mask, g.float(), 0.0)
         x = torch.where(mask, x, 0.0)
         if self.cfg.target == "lora_B":
-            per_grad = torch.einsum("bto,btr->bor", g, x)
-            return per_grad.flatten(1).norm(dim=1)
+            return weight_grads(g, x).flatten(1).norm(dim=1)
         gram = torch.einsum("bto,bso->bts", g, g) * torch.einsum("bti,bsi->bts", x, x)
         return gram.sum((1, 2)).clamp(min=0).sqrt()
 
@@ -212,18 +216,7 @@ class EffortModel:
         return out
 
     def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad_id = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if self.tokenizer.padding_side == "left":
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
-            else:
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(rows, self.tokenizer.pad_token_id, self.tokenizer.padding_side, self.device)
 
     def norms(self, token_ids: list[list[int]], progress: bool = True, desc: str = "effort",
               bar: Any = None) -> torch.Tensor:
@@ -270,12 +263,6 @@ class EffortModel:
         return out
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def effort_scores(
     em: EffortModel,
     examples: list[dict | None],
@@ -292,7 +279,7 @@ def effort_scores(
     chunk_dir = Path(chunk_dir)
     chunk_dir.mkdir(parents=True, exist_ok=True)
     key_file = chunk_dir / "key.json"
-    rank, world = _dist_info()
+    rank, world, _ = dist_info()
     if rank == 0:
         if key_file.exists() and read_json(key_file).get("key") != key:
             for f in chunk_dir.glob("chunk_*.pt"):

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from ..hardware import native_bf16
 from ..io import LOG
 from ..llm import ModelError
+from ..padding import pad_batch
+from .grad_hook import weight_grads
 
 EFFORT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
 PREFIX_MODULES = ("v_proj", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -202,18 +204,14 @@ class PrefixEffort:
         em = self.em
         c = len(ids) - 1
         t = torch.tensor([ids], device=em.device)
-        handle = em.linear.register_forward_hook(em._hook)
-        try:
+        with em.capture() as hook:
             with torch.enable_grad():
                 out = self._forward(t[:, :c], torch.ones(1, c, dtype=torch.long, device=em.device),
                                     torch.arange(c, device=em.device)[None])
                 logits = em._lm_head()(out.hidden_states[-1][0]).float()
                 loss = F.cross_entropy(logits, t[0, 1:], reduction="sum")
-                (g,) = torch.autograd.grad(loss, em._saved["out"])
-        finally:
-            handle.remove()
-        x = em._saved.pop("x")[0].float()
-        em._saved.pop("out")
+                (g,) = torch.autograd.grad(loss, hook.out)
+        x = hook.take()[0][0].float()
         cache = _out_cache(out)
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
@@ -223,13 +221,8 @@ class PrefixEffort:
         """Norms for prompts ``pre.ids + suffix`` (each suffix ≥ 1 token), one backward pass."""
         em = self.em
         b, c = len(suffixes), len(pre.ids)
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((b, width), em.tokenizer.pad_token_id, dtype=torch.long)
-        smask = torch.zeros((b, width), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            ids[i, :len(s)] = torch.tensor(s)
-            smask[i, :len(s)] = 1
-        ids, smask = ids.to(em.device), smask.to(em.device)
+        ids, smask = pad_batch(suffixes, em.tokenizer.pad_token_id, "right", em.device)
+        width = ids.shape[1]
         cache = copy.deepcopy(pre.cache)
         cache.batch_repeat_interleave(b)
         leaf = None
@@ -239,8 +232,7 @@ class PrefixEffort:
             last.values = leaf
         mask = torch.cat([torch.ones(b, c, dtype=torch.long, device=em.device), smask], 1)
         position_ids = (c + torch.arange(width, device=em.device))[None].expand(b, -1)
-        handle = em.linear.register_forward_hook(em._hook)
-        try:
+        with em.capture() as hook:
             with torch.enable_grad():
                 hidden = self._forward(ids, mask, position_ids, cache).hidden_states[-1]
                 real = (smask[:, 1:] > 0) & (smask[:, :-1] > 0)
@@ -248,12 +240,9 @@ class PrefixEffort:
                 logits = em._lm_head()(hidden[:, :-1][real]).float()
                 ce = F.cross_entropy(logits, ids[:, 1:][real], reduction="none")
                 sums = torch.zeros(b, device=ce.device).index_add(0, rows, ce)
-                wrt = [em._saved["out"]] + ([leaf] if leaf is not None else [])
+                wrt = [hook.out] + ([leaf] if leaf is not None else [])
                 grads = torch.autograd.grad(sums.sum(), wrt)
-        finally:
-            handle.remove()
-        x = em._saved.pop("x").float()
-        em._saved.pop("out")
+        x = hook.take()[0].float()
         keep = smask[..., None].bool()
         g = torch.where(keep, grads[0].float(), 0.0)
         x = torch.where(keep, x, 0.0)
@@ -264,7 +253,7 @@ class PrefixEffort:
         n_tok = (c + smask.sum(1) - 1).float()
         gc = pre.g_const
         if em.cfg.target == "lora_B":
-            per = torch.einsum("bto,bti->boi", g, x) + gc
+            per = weight_grads(g, x) + gc
             return per.flatten(1).norm(dim=1) / n_tok
         # base: ‖G_c + Σ_t g_t x_tᵀ‖²_F without materialising the per-sample matrices
         cross = torch.einsum("bto,oi,bti->b", g, gc, x)

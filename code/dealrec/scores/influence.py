@@ -20,6 +20,7 @@ cross-entropy at its masked positions; ``negatives`` does not apply to it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ Params = dict[str, torch.Tensor]
 
 @dataclass
 class InfluenceConfig:
-    params: tuple[str, ...] = DEFAULT_PARAMS
+    params: tuple[str, ...] | None = DEFAULT_PARAMS  # None: the surrogate's registered parameter(s)
     recursion_depth: int = 5000
     iteration: int = 1
     damp: float = 0.01
@@ -78,6 +79,8 @@ class InfluenceProblem:
     def __init__(self, model: torch.nn.Module, samples: SampleTensors, cfg: InfluenceConfig) -> None:
         cfg.validate()
         self.model = model.eval()
+        if cfg.params is None:
+            cfg = dataclasses.replace(cfg, params=tuple(getattr(model, "influence_params", DEFAULT_PARAMS)))
         self.cfg = cfg
         self.objective = objective_of(model)
         self.trim = trim_exact(model)

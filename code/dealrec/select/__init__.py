@@ -10,14 +10,24 @@
 from .coverage import SelectionResult, coverage_select, minmax, overall_score, stratum_budgets
 from .plot import plot_selection
 from .scoreset import SCORE_SOURCES, MissingScoreError, ScoreSet
-from .strategies import STRATEGIES, get_strategy, register_strategy, run_strategy
+from .strategies import (
+    STRATEGIES,
+    SelectConfig,
+    StrategySpec,
+    get_strategy,
+    register_strategy,
+    run_strategy,
+    strategy_spec,
+)
 
 __all__ = [
     "SCORE_SOURCES",
     "STRATEGIES",
     "MissingScoreError",
     "ScoreSet",
+    "SelectConfig",
     "SelectionResult",
+    "StrategySpec",
     "coverage_select",
     "get_strategy",
     "minmax",
@@ -25,5 +35,6 @@ __all__ = [
     "plot_selection",
     "register_strategy",
     "run_strategy",
+    "strategy_spec",
     "stratum_budgets",
 ]

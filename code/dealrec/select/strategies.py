@@ -4,14 +4,20 @@ Every strategy is ``fn(scores: ScoreSet, n, seed=0, *, lamda, k, hard_prune) -> 
 and selects ``n`` distinct eligible samples. The three keyword knobs are shared so that a
 caller can pass the same options to any strategy: a strategy ignores the ones it does not use
 (``params`` in the result records the ones it did use); any other keyword is a TypeError.
-Defaults are the original ``prune`` defaults (λ = 0.5, k = 25, hard_prune = 0.1); the original
-Games run used λ = 0.3, k = 50.
+Defaults are the paper's Games values (λ = 0.3, k = 50, hard_prune = 0.1; the original
+``utils.py`` defaulted to λ 0.5, k 25), defined once here (:class:`SelectConfig`).
+
+A strategy is registered once, with the scores it needs (``needs``: ``influence``, ``effort``,
+``baselines`` = EL2N and GraNd) and the scoring settings it requires (``scoring``: dotted
+:class:`dealrec.prune.PruneConfig` settings); the pipeline computes exactly those
+(:func:`dealrec.prune.compute_scores`).
 
 =================  ===================================================================
 name               selection
 =================  ===================================================================
 ``dealrec``        coverage selection (§4.3) on minmax(influence) + λ·minmax(effort), Eq. 13
-``dealrec-stable`` the same function; only the scores passed in differ
+``dealrec-stable`` the same function on the seed-stable scores (expected negatives, effort
+                   of the frozen base weight: ``scoring`` of its registration)
 ``influence``      coverage on minmax(influence) alone (λ = 0: ablation w/o effort)
 ``effort``         coverage on minmax(effort) alone (ablation w/o influence)
 ``greedy``         the n highest overall scores (Eq. 13), no hard pruning, no strata
@@ -29,7 +35,10 @@ Top-n strategies break ties by the lower sample index.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -37,23 +46,64 @@ from .coverage import SelectionResult, check_finite, coverage_select, minmax, ov
 from .scoreset import ScoreSet, check_count
 
 Strategy = Callable[..., SelectionResult]
-STRATEGIES: dict[str, Strategy] = {}
+SCORE_KINDS = ("influence", "effort", "baselines")
 
-DEFAULT_LAMDA = 0.5
-DEFAULT_K = 25
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy: its function, the scores it needs, the scoring settings it requires."""
+
+    name: str
+    fn: Strategy
+    needs: tuple[str, ...]
+    scoring: Mapping[str, Any] = field(default_factory=dict)
+    hard_prunes: bool = False  # drops the hardest ``hard_prune`` fraction before selecting
+
+
+STRATEGIES: dict[str, Strategy] = {}
+SPECS: dict[str, StrategySpec] = {}
+
+DEFAULT_LAMDA = 0.3
+DEFAULT_K = 50
 DEFAULT_HARD_PRUNE = 0.1
 
 
-def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-    """Decorator: register ``fn`` under ``name`` (a name can be registered once)."""
+@dataclass
+class SelectConfig:
+    """The selection stage's settings (the original's names)."""
+
+    strategy: str = "dealrec"
+    n_fewshot: int = 1024
+    lamda: float = DEFAULT_LAMDA  # weight of the effort score (Eq. 13)
+    k: int = DEFAULT_K  # number of strata
+    hard_prune: float = DEFAULT_HARD_PRUNE  # fraction of the hardest samples dropped first
+    seed: int = 42
+
+
+def register_strategy(name: str, needs: Sequence[str] = ("influence", "effort"),
+                      scoring: Mapping[str, Any] | None = None, hard_prunes: bool = False
+                      ) -> Callable[[Strategy], Strategy]:
+    """Decorator: register ``fn`` under ``name`` (once) with the scores it ``needs`` and the
+    scoring settings it requires (``scoring``, e.g. ``{"influence.negatives": "expected"}``);
+    ``hard_prunes``: it drops the hardest ``hard_prune`` fraction first (checked by the budget)."""
+    bad = sorted(set(needs) - set(SCORE_KINDS))
+    if bad:
+        raise ValueError(f"strategy {name!r}: unknown needs {bad}; known: {SCORE_KINDS}")
 
     def deco(fn: Strategy) -> Strategy:
         if name in STRATEGIES:
             raise ValueError(f"selection strategy {name!r} is already registered")
         STRATEGIES[name] = fn
+        SPECS[name] = StrategySpec(name, fn, tuple(needs), MappingProxyType(dict(scoring or {})), hard_prunes)
         return fn
 
     return deco
+
+
+def strategy_spec(name: str) -> StrategySpec:
+    """The registration of ``name``; a ValueError listing the registered names otherwise."""
+    get_strategy(name)
+    return SPECS[name]
 
 
 def get_strategy(name: str) -> Strategy:
@@ -111,7 +161,7 @@ def top_n_select(
     )
 
 
-@register_strategy("dealrec")
+@register_strategy("dealrec", hard_prunes=True)
 def dealrec(
     scores: ScoreSet,
     n: int,
@@ -126,10 +176,13 @@ def dealrec(
     return _coverage("dealrec", overall, scores, n, seed, k, hard_prune, lamda=float(lamda))
 
 
-register_strategy("dealrec-stable")(dealrec)
+# The seed-stable variant: the same selection on scores without a random draw (expected
+# negatives in the influence loss; effort of the frozen base weight instead of a fresh lora_B).
+register_strategy("dealrec-stable", scoring={"influence.negatives": "expected", "effort.target": "base"},
+                  hard_prunes=True)(dealrec)
 
 
-@register_strategy("influence")
+@register_strategy("influence", needs=("influence",), hard_prunes=True)
 def influence_only(
     scores: ScoreSet,
     n: int,
@@ -144,7 +197,7 @@ def influence_only(
     return _coverage("influence", values, scores, n, seed, k, hard_prune, lamda=0.0)
 
 
-@register_strategy("effort")
+@register_strategy("effort", needs=("effort",), hard_prunes=True)
 def effort_only(
     scores: ScoreSet,
     n: int,
@@ -176,7 +229,7 @@ def greedy(
     return result
 
 
-@register_strategy("random")
+@register_strategy("random", needs=())
 def random_select(
     scores: ScoreSet,
     n: int,
@@ -203,7 +256,7 @@ def random_select(
     )
 
 
-@register_strategy("el2n")
+@register_strategy("el2n", needs=("baselines",))
 def el2n_top(
     scores: ScoreSet,
     n: int,
@@ -217,7 +270,7 @@ def el2n_top(
     return top_n_select(scores.require("el2n"), scores.eligible, n, "el2n", seed)
 
 
-@register_strategy("grand")
+@register_strategy("grand", needs=("baselines",))
 def grand_top(
     scores: ScoreSet,
     n: int,
@@ -231,7 +284,7 @@ def grand_top(
     return top_n_select(scores.require("grand"), scores.eligible, n, "grand", seed)
 
 
-@register_strategy("ccs")
+@register_strategy("ccs", needs=("baselines",), hard_prunes=True)
 def ccs(
     scores: ScoreSet,
     n: int,

@@ -118,6 +118,7 @@ def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
         model.objective = spec.objective
     if not spec.trim_exact:
         model.trim_exact = False
+    model.influence_params = spec.influence_params  # what InfluenceConfig(params=None) differentiates
     return model
 
 
@@ -132,8 +133,9 @@ def _transformer_fields(n_items: int, cfg: SurrogateConfig) -> dict:
         num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads,
         hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
         max_seq_length=cfg.max_seq_length,
+        initializer_range=cfg.initializer_range,
     )
 
 
@@ -181,6 +183,7 @@ def _gru4rec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
             num_layers=cfg.num_hidden_layers,
             dropout=cfg.dropout,
             max_seq_length=cfg.max_seq_length,
+            initializer_range=cfg.initializer_range,
         )
     )
 

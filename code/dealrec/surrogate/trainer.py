@@ -21,6 +21,7 @@ full-width padded batches whatever ``batching`` says.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -50,14 +51,29 @@ class SurrogateConfig:
     hidden_size: int = 64
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
-    dropout: float = 0.5
-    ks: tuple[int, ...] = DEFAULT_KS
+    dropout: float = 0.5  # the original's --hidden_dropout_prob
+    ks: tuple[int, ...] = DEFAULT_KS  # the original's --topN
     batching: str = "split"  # "split": exact length buckets; "padded": the original's full-width batches
     bucket_overhead: float = DEFAULT_BUCKET_OVERHEAD  # see samples.length_buckets
+    # Added after the cache keys were fixed: in a key only when set (see key()).
+    attention_dropout: float | None = None  # the original's --attention_probs_dropout_prob (None: dropout)
+    initializer_range: float = 0.02  # std of the initial weights (the original's --initializer_range)
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
+
+    def key(self) -> dict:
+        """The fields that determine a trained model, for cache keys: the fields added later
+        (:data:`LATE_FIELDS`) only when they differ from their defaults, so earlier keys stay valid."""
+        d = dataclasses.asdict(self)
+        for name, default in LATE_FIELDS.items():
+            if d[name] == default:
+                d.pop(name)
+        return d
+
+
+LATE_FIELDS = {"attention_dropout": None, "initializer_range": 0.02}
 
 
 @dataclass

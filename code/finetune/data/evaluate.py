@@ -3,39 +3,33 @@
     python evaluate.py --result_file ../results/games/0_1024.json --data_name games --gpu 0
 
 writes ``<result>.metrics.json`` (Recall/NDCG/Precision/MRR at 5/10/20/50) beside the result
-file and prints the table. ``--input_dir`` + ``--filename`` is the original's form.
+file and prints the table. ``--input_dir`` + ``--filename`` is the original's form. The
+options are built from :class:`dealrec.ground.EvaluateConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from dealrec.config import build_parser, parse
 from dealrec.data import DataError, load_dataset
-from dealrec.ground import evaluate_results, metrics_path
+from dealrec.ground import EvaluateConfig, evaluate_results, metrics_path
 from dealrec.io import manifest_path, read_json, resolve_device, setup_logging
 from dealrec.llm import ModelError
 from dealrec.metrics import format_table
+from dealrec.presets import finetune_preset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
+PRESETS = finetune_preset("evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--result_file", default=None, help="result JSON of inference.py")
-    p.add_argument("--input_dir", default=str(HERE.parent / "results"), help="with --filename: <input_dir>/<data>/<filename>.json")
-    p.add_argument("--filename", default=None)
-    p.add_argument("--data_name", default=None, help="default: from the result manifest, else games")
-    p.add_argument("--data_dir", default=str(REPO / "data"))
-    p.add_argument("--base_model", default=None, help="the BASE model of the fine-tuning (default: embedded)")
-    p.add_argument("--gpu", default="cpu", help="GPU index or cpu")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--ks", default="5,10,20,50")
-    p.add_argument("--max_items", type=int, default=None, help="demo only: rank among the first N items + targets")
+    base = EvaluateConfig(input_dir=str(HERE.parent / "results"), data_dir=str(REPO / "data"))
+    p = build_parser(EvaluateConfig, {}, PRESETS, base, description=__doc__)
     p.add_argument("--log_file", default=None)
-    a = p.parse_args(argv)
+    a, ns, _ = parse(EvaluateConfig, argv, {}, PRESETS, base, parser=p)
 
     if a.result_file:
         result = Path(a.result_file)
@@ -47,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if data_name is None and manifest_path(result).is_file():
         data_name = read_json(manifest_path(result)).get("data_name")
     data_name = data_name or "games"
-    log = setup_logging(a.log_file or result.with_name(result.stem + ".evaluate.log"))
+    log = setup_logging(ns.log_file or result.with_name(result.stem + ".evaluate.log"))
     try:
         data = load_dataset(a.data_dir, data_name)
         report = evaluate_results(
-            result, data, a.base_model, [int(k) for k in a.ks.split(",")], a.batch_size,
-            resolve_device(a.gpu), a.max_items,
+            result, data, a.base_model, list(a.ks), a.batch_size,
+            resolve_device(a.gpu), a.max_items, precision=a.ground_precision,
         )
     except (DataError, ModelError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)

@@ -5,40 +5,35 @@
 reads the selection ``code/prune/selected/{data}_{n}.pt`` (``--n_sample`` equal to the number
 of users means all users: full-data fine-tuning, no selection file) and writes
 ``<out_dir>/train/train-{n}.json``, ``<out_dir>/valid/valid-{n}.json`` and
-``<out_dir>/test/test.json`` (every test user) with a manifest ``<file>.json`` each.
+``<out_dir>/test/test.json`` (every test user) with a manifest ``<file>.json`` each. The options
+are built from :class:`dealrec.fewshot.FewshotConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from dealrec.config import build_parser, parse
 from dealrec.data import DataError, load_dataset
-from dealrec.fewshot import load_selection, write_fewshot
+from dealrec.fewshot import FewshotConfig, load_selection, write_fewshot
 from dealrec.io import setup_logging
 from dealrec.llm import ModelError, load_tokenizer
+from dealrec.presets import finetune_preset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
+PRESETS = finetune_preset("gen_fewshot")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default=str(REPO / "data"), help="folder holding <data_name>/ (default: repo data/)")
-    p.add_argument("--data_name", default="games")
-    p.add_argument("--n_sample", type=int, default=1024, help="number of selected users (the file label)")
-    p.add_argument("--selected", default=None, help="selection file (default code/prune/selected/{data}_{n}.pt)")
-    p.add_argument("--base_model", default=None, help="tokenizer for truncation (default: the embedded model)")
-    p.add_argument("--cutoff_len", type=int, default=512)
-    p.add_argument("--max_test_users", type=int, default=None, help="only the first N test users")
-    p.add_argument("--out_dir", default=None, help="default: code/finetune/data/<data_name>/")
-    p.add_argument("--overwrite", action="store_true", help="rewrite files that are up to date")
+    base = FewshotConfig(data_dir=str(REPO / "data"))
+    p = build_parser(FewshotConfig, {}, PRESETS, base, description=__doc__)
     p.add_argument("--log_file", default=None)
-    a = p.parse_args(argv)
+    a, ns, _ = parse(FewshotConfig, argv, {}, PRESETS, base, parser=p)
 
     out_dir = Path(a.out_dir) if a.out_dir else HERE / a.data_name
-    log = setup_logging(a.log_file or out_dir / "gen_fewshot.log")
+    log = setup_logging(ns.log_file or out_dir / "gen_fewshot.log")
     try:
         data = load_dataset(a.data_dir, a.data_name)
         selection_file = None

@@ -1,0 +1,29 @@
+"""Padding of token-id rows into one batch: the one helper for left (generation, grounding)
+and right (effort, fine-tuning) padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SIDES = ("left", "right")
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [len(rows), longest row], padded on ``side``."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if not len(r):
+            continue
+        cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, cols] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, cols] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask

@@ -1,0 +1,206 @@
+"""The study's report: tables of mean ± std over seeds, the bar chart, and ``REPORT.md``.
+
+Pure rendering of the rows that :class:`dealrec.study.Study` collected; nothing here runs a
+stage. :func:`render_report` returns the Markdown, :func:`write_report` writes ``REPORT.md``,
+``results.json`` and ``report.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import LOG, atomic_path, write_json, write_text
+from .llm import model_id
+
+REPORT_KS = (10, 20)
+METRICS = tuple(f"{m}@{k}" for m in ("Recall", "NDCG") for k in REPORT_KS)
+
+# Paper Table 2 (BIGRec backend, LLaMA-7B, n = 1024 few-shot samples, 4 GPUs):
+# Recall@10, Recall@20, NDCG@10, NDCG@20.
+PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "games": {
+        "DEALRec": (0.0181, 0.0276, 0.0115, 0.0142),
+        "Random": (0.0163, 0.0241, 0.0100, 0.0122),
+        "Full data": (0.0169, 0.0233, 0.0102, 0.0120),
+    },
+}
+PAPER_NOTE = "BIGRec with LLaMA-7B, n = 1024, all test users, 4 GPUs (paper Table 2)"
+
+REFERENCE = "all candidates"  # SASRec trained on every candidate user (the full-data row)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("mean_std of no values")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summarize(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, tuple[float, float]]]:
+    """{strategy: {metric: (mean, std)}} over the seeds of each strategy, in first-seen order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["strategy"], []).append(r)
+    return {s: {m: mean_std([r[m] for r in rs]) for m in metrics} for s, rs in groups.items()}
+
+
+def markdown_table(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: dict[str, int],
+                   paper: dict[str, tuple[float, ...]] | None = None, metrics: Sequence[str] = METRICS) -> str:
+    """A Markdown table of mean ± std per strategy (the best mean per column in bold), then the
+    paper's rows, if given."""
+    head = "| strategy | seeds | " + " | ".join(metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 2)]
+    best = {m: max((v[m][0] for v in summary.values()), default=0.0) for m in metrics}
+    for s, vals in summary.items():
+        cells = []
+        for m in metrics:
+            mu, sd = vals[m]
+            cell = f"{mu:.4f} ± {sd:.4f}"
+            cells.append(f"**{cell}**" if len(summary) > 1 and mu == best[m] and mu > 0 else cell)
+        lines.append(f"| {s} | {n_seeds.get(s, 1)} | " + " | ".join(cells) + " |")
+    for name, vals in (paper or {}).items():
+        lines.append(f"| paper: {name} | – | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def plot_report(panels: dict[str, dict[str, dict[str, tuple[float, float]]]], path: str | Path, title: str) -> None:
+    """Grouped bars (one group per metric, one bar per strategy) with ±std error bars, one panel
+    per signal; written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6 * len(panels), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, summary) in zip(axes, panels.items()):
+        strategies = list(summary)
+        width = 0.8 / max(len(strategies), 1)
+        x = np.arange(len(METRICS))
+        for i, s in enumerate(strategies):
+            mu = [summary[s][m][0] for m in METRICS]
+            sd = [summary[s][m][1] for m in METRICS]
+            ax.bar(x + (i - (len(strategies) - 1) / 2) * width, mu, width, yerr=sd, capsize=3, label=s)
+        ax.set_xticks(x, METRICS)
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the report states about the data and the pruning besides the rows."""
+
+    n_candidates: int  # eligible users in the pool
+    pool_users: int  # users in the pool (the first N)
+    n_users: int  # users in the data set
+    n_items: int
+    prune_seconds: dict[str, float]  # seconds of each pruning stage (from the score manifests)
+
+
+def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
+                 facts: StudyFacts, wall_seconds: float | None = None) -> Path:
+    """``REPORT.md``, ``results.json`` and ``report.png`` under ``out`` from the per-run rows of both
+    signals; ``cfg``: the :class:`dealrec.study.StudyConfig` (its flat names and ``summary()``)."""
+    llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
+    seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
+    seeds[REFERENCE] = len(cfg.seeds)
+    paper = PAPER_TABLE2.get(cfg.data_name)
+    n_candidates = facts.n_candidates
+    n_test = llm_rows[0]["n_users"]
+    ranked = llm_rows[0]["n_items_ranked"]
+    prune_t = dict(facts.prune_seconds)
+    stage_rows = []
+    for s in cfg.strategies:
+        rs = [r for r in llm_rows if r["strategy"] == s]
+        sr = [r for r in sas_rows if r["strategy"] == s]
+        cells = [np.mean([r.get(k, math.nan) for r in rs]) for k in ("finetune", "generate", "ground")]
+        cells.append(np.mean([r["seconds"] for r in sr]))
+        stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
+    total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
+    total += sum(r["seconds"] for r in sas_rows)
+    exact = {s: np.mean([r["exact_title_share"] for r in llm_rows if r["strategy"] == s]) for s in cfg.strategies}
+    lines = [
+        f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} "
+        f"({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
+        f"LLM: {model_id(cfg.base_model)}. Candidates: {n_candidates} eligible users among the first "
+        f"{facts.pool_users} of {facts.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
+        f"seeds {list(cfg.seeds)} (the seed drives both the selection and the fine-tuning).",
+        "",
+        "## Few-shot BIGRec (LLM signal)",
+        "",
+        f"{n_test} fixed test users (the same for every run), generations grounded among {ranked} items "
+        f"(L2, base-model last-token states). The paper's rows are {PAPER_NOTE}: a 50× larger model, "
+        "8× more samples and all test users, so compare the ordering of the rows, not the values.",
+        "",
+        markdown_table(llm_sum, seeds, paper),
+        "",
+        "Share of generations that are exactly a catalogue title: "
+        + ", ".join(f"{s} {v:.2f}" for s, v in exact.items()) + ".",
+        "",
+        "## SASRec trained on the selection only (second signal)",
+        "",
+        f"A fresh SASRec (the surrogate's recipe, {cfg.sasrec_epochs} epochs at most, early stopping on "
+        f"validation) trained on the n selected users' sequences and evaluated on the full test set "
+        f"({sas_rows[0]['n_test_users']} users, all {facts.n_items} items). `{REFERENCE}` trains on "
+        f"every candidate ({n_candidates} users): the full-data reference.",
+        "",
+        markdown_table(sas_sum, seeds),
+        "",
+        "## Wall-clock time per stage (seconds)",
+        "",
+        "Pruning (once, cached): " + (", ".join(f"{k} {v:.0f}" for k, v in prune_t.items()) or "–")
+        + f"; sum of all stage times {total:.0f}"
+        + (f"; wall clock of this call {wall_seconds:.0f}" if wall_seconds else "") + ".",
+        "",
+        "| strategy | fine-tune | generate | ground | SASRec on selection |",
+        "|---|---|---|---|---|",
+        *stage_rows,
+        "",
+        "Means over seeds; a stage reused from disk keeps the time of the run that made it.",
+        "",
+        "## Per run",
+        "",
+        "| strategy | seed | " + " | ".join(f"LLM {m}" for m in METRICS) + " | "
+        + " | ".join(f"SASRec {m}" for m in METRICS) + " |",
+        "|" + "---|" * (2 + 2 * len(METRICS)),
+        *[f"| {a['strategy']} | {a['seed']} | " + " | ".join(f"{a[m]:.4f}" for m in METRICS) + " | "
+          + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |" for a, b in zip(llm_rows, sas_rows)],
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(cfg.summary(), indent=1, default=str),
+        "```",
+        "",
+        "![results](report.png)",
+        "",
+    ]
+    path = out / "REPORT.md"
+    write_text(path, "\n".join(lines))
+    write_json(out / "results.json", {"config": cfg.summary(), "llm": llm_rows, "sasrec": sas_rows,
+                                             "prune_seconds": prune_t, "stage_seconds_total": total,
+                                             "wall_seconds": wall_seconds})
+    try:
+        plot_report({"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum},
+                    out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")
+    except Exception as e:  # noqa: BLE001 - the chart must never lose the report
+        LOG.warning("could not draw report.png: %s", e)
+    LOG.info("report: %s", path)
+    return path
