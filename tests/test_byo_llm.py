@@ -329,9 +329,14 @@ def test_generation_left_pads_keeps_bos_and_batches_like_single(byo_models, fews
     tok = llm.load_tokenizer(byo_models[name], padding_side="left")
     rows = read_json(fewshot[name]["test"])
     spy = Spy(res.model)
-    batched = generate(spy, tok, rows, num_beams=2, max_new_tokens=6, batch_size=6, cutoff_len=CUTOFF, progress=False)
-    single = generate(res.model, tok, rows, num_beams=2, max_new_tokens=6, batch_size=1, cutoff_len=CUTOFF, progress=False)
+    kw = dict(num_beams=2, max_new_tokens=6, cutoff_len=CUTOFF, progress=False)
+    batched = generate(spy, tok, rows, batch_size=6, engine="hf", **kw)
+    single = generate(res.model, tok, rows, batch_size=1, engine="hf", **kw)
     assert batched == single and len(batched) == 6
+    # the CPU's prefill-once path (shared prefix, one prefill per prompt) answers the same
+    assert generate(res.model, tok, rows, batch_size=6, engine="fast", **kw) == batched
+    assert generate(res.model, tok, rows, batch_size=6, engine="fast", **{**kw, "num_beams": 1}) == generate(
+        res.model, tok, rows, batch_size=6, engine="hf", **{**kw, "num_beams": 1})
     (call,) = spy.calls
     mask, ids = call["attention_mask"], call["input_ids"]
     assert mask[:, -1].all() and not mask.all()  # padded on the left
@@ -342,7 +347,8 @@ def test_generation_left_pads_keeps_bos_and_batches_like_single(byo_models, fews
         assert (first == tok.bos_token_id).all()
     # Prompts longer than cutoff_len lose their oldest tokens but keep BOS.
     spy.calls.clear()
-    short = generate(spy, tok, rows[:2], num_beams=1, max_new_tokens=2, batch_size=2, cutoff_len=48, progress=False)
+    short = generate(spy, tok, rows[:2], num_beams=1, max_new_tokens=2, batch_size=2, cutoff_len=48, progress=False,
+                     engine="hf")
     assert len(short) == 2 and spy.calls[0]["input_ids"].shape[1] == 48
     full = tok(prompt_of(rows[0], with_output=False))["input_ids"]
     kept = spy.calls[0]["input_ids"][0].tolist()
