@@ -21,8 +21,20 @@ One data set, one sample count n, strategies × seeds (the paper's Table 2 setti
 names of the earlier flat configuration (``n``, ``lamda``, ``learning_rate``, ``num_beams`` …)
 remain readable and settable (:data:`STUDY_ALIASES`).
 
-Every output is cached with a manifest, so an interrupted study resumes where it stopped, and
-several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
+5. the paired-difference table: per signal, each strategy against ``random`` on the same test
+   users with the same seed (per-user Recall@20/NDCG@20 differences, averaged over seeds, bootstrap
+   95 % interval, seed-to-seed spread, a verdict sentence: :mod:`dealrec.paired`).
+
+Each finished run leaves its small result files in the record folder (``record_dir``; default
+``docs/study/<preset>`` for a named preset, else ``<out>/records``; :mod:`dealrec.records`): the
+selection's indices, the metrics and timings, and per test user the ranks of its targets. A run
+whose record carries the expected key is never recomputed, and the report is made from the
+records alone, so a study resumes from them on a machine without ``<out>`` (scores, adapters,
+generations and title embeddings are rebuilt only for runs still missing). The SASRec signal may
+have more seeds than the LLM signal (``sasrec_seeds``).
+
+Every heavy output is cached with a manifest too, so an interrupted run resumes where it stopped,
+and several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
 """
 
 from __future__ import annotations
@@ -252,6 +264,14 @@ class StudyConfig(FlatView):
 # ------------------------------------------------------------------------------------------
 
 
+_RECORD_ONLY = ("key", "params", "written", "users_key", "metrics", "timings")
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's row: its numbers without the bookkeeping (key, params, full metrics, timings)."""
+    return {k: v for k, v in rec.items() if k not in _RECORD_ONLY}
+
+
 def _at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
     """{"Recall@10": …, …} from a metrics dict with per-k lists aligned to ``ks``."""
     out = {}
@@ -459,7 +479,7 @@ class Study:
         params = self.llm_params(strategy, seed, users)
         rec = self.records.get("llm", name, params)
         if rec is not None:
-            return rec
+            return {**_row(rec), **rec.get("timings", {})}
         run = self.run_dir(strategy, seed)
         paths = write_fewshot(self.data, users, run / "fewshot", self.tokenizer, cfg.cutoff_len, n_label=cfg.n,
                               base_model=cfg.base_model, splits=("train", "valid"), progress=False)
@@ -486,7 +506,8 @@ class Study:
                   "n_items_ranked": report["n_items_ranked"], "timings": timings,
                   "metrics": {k: report[k] for k in ("ks", "Recall", "NDCG", "Precision", "MRR", "n_empty",
                                                      "catalogue", "precision")}}
-        return self.records.put("llm", name, params, record, per_user["hit_ranks"], per_user["users"])
+        rec = self.records.put("llm", name, params, record, per_user["hit_ranks"], per_user["users"])
+        return {**_row(rec), **timings}
 
     def sasrec_run(self, label: str, seed: int, users: list[int]) -> dict[str, Any]:
         """Second signal: a fresh SASRec trained on ``users``' sequences only, full test set; the
@@ -496,7 +517,7 @@ class Study:
         params = self.sasrec_params(seed, users)
         rec = self.records.get("sasrec", name, params)
         if rec is not None:
-            return rec
+            return _row(rec)
         scfg = cfg.sasrec_config(seed)
         model = build_surrogate("SASRec", self.data.n_items, scfg)
         with Timer() as t:
@@ -505,7 +526,7 @@ class Study:
                   "n_test_users": res.test["n_users"], "seconds": round(t.seconds, 1),
                   "metrics": {"ks": list(scfg.ks), **{k: res.test[k] for k in ("Recall", "NDCG", "Precision", "MRR")}}}
         self.records.write_users("sasrec", res.test_users)
-        return self.records.put("sasrec", name, params, record, res.test_hit_ranks, res.test_users)
+        return _row(self.records.put("sasrec", name, params, record, res.test_hit_ranks, res.test_users))
 
     def pending(self) -> list[tuple[str, str, int]]:
         """The (signal, strategy, seed) runs without a record (a missing selection counts as
@@ -570,9 +591,7 @@ class Study:
                     if rec is None:
                         raise FileNotFoundError(
                             f"run {signal} {name} has no record in {self.records.root}; run the study with --only runs first")
-                    row = {k: v for k, v in rec.items() if k not in ("key", "params", "metrics", "timings", "written",
-                                                                     "users_key")}
-                    rows[signal].append({**row, "strategy": label, "seed": seed, **rec.get("timings", {})})
+                    rows[signal].append({**_row(rec), "strategy": label, "seed": seed, **rec.get("timings", {})})
                     users_keys[signal].add(rec["users_key"])
                     per_user[signal].setdefault(label, {})[seed] = self.records.hit_ranks(signal, name, rec)
         for signal, keys in users_keys.items():
