@@ -185,6 +185,14 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
         # a report alone reads the records too
         assert cli.main([*args, "--only", "report"]) == 0
         assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == first
+        # a changed setting makes exactly the runs it determines stale
+        assert Study(cli.parse_args(args)[0]).pending() == []
+        stale = Study(cli.parse_args([*args, "--sasrec_epochs", "3"])[0]).pending()
+        assert {sig for sig, _, _ in stale} == {"sasrec"} and len(stale) == 8
+        stale = Study(cli.parse_args([*args, "--test_users", "3"])[0]).pending()
+        assert stale == [("llm", s, 0) for s in ("dealrec", "dealrec-stable", "random")]
+        stale = Study(cli.parse_args([*args, "--seeds", "0,1"])[0]).pending()
+        assert stale == [("llm", s, 1) for s in ("dealrec", "dealrec-stable", "random")]
 
 
 def test_full_preset():
