@@ -2,9 +2,13 @@
 
     python bench/reproduce.py --preset cpu            # ~90 min on 2 CPU cores, embedded model
     python bench/reproduce.py --preset gpu --gpu_id 0 # the paper's scale (n = 1024, all test users)
+    python bench/reproduce.py --preset full --gpu_id 0 # issue 15: n = 1024 of all users, paired statistics
 
-Writes ``results/<data>_<n>/REPORT.md`` and ``report.png`` (see :mod:`dealrec.study`).
-Everything is cached, so a second call resumes. To use two processes (e.g. two CPU cores with
+Writes ``results/<data>_<n>/REPORT.md`` and ``report.png`` (see :mod:`dealrec.study`). Each
+finished run's small files (selection, metrics, per-user hit ranks) land in the record folder
+(``--record_dir``; default ``docs/study/<preset>`` of this repository for a named preset, else
+``<out_dir>/records``): a run recorded there is never recomputed, so a later call, even on a
+fresh machine without ``results/``, resumes from the records. Everything else is cached too. To use two processes (e.g. two CPU cores with
 one thread each, as ``bench/reproduce_cpu.sh`` does): ``--only prune`` and ``--only embed`` in
 parallel, then ``--only runs`` with disjoint ``--strategies`` in parallel, then ``--only report``.
 """
@@ -37,8 +41,10 @@ def parse_args(argv: list[str] | None = None):
     preset = values.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         p.error(f"--preset: choose from {', '.join(PRESETS)}")
-    cfg = StudyConfig.from_preset(preset, data_dir=str(REPO / "data"))
-    return override(cfg, values), ns
+    cfg = override(StudyConfig.from_preset(preset, data_dir=str(REPO / "data")), values)
+    if cfg.record_dir is None and cfg.preset:  # a named preset's records: docs/study/<preset> of this repository
+        cfg = override(cfg, {"record_dir": str(REPO / "docs" / "study" / cfg.preset)})
+    return cfg, ns
 
 
 def main(argv: list[str] | None = None) -> int:

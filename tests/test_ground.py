@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dealrec import ground, llm
 from dealrec.data import DataError, RecData
-from dealrec.ground import embed_texts, evaluate_results, item_embeddings, metrics_path, rank_items
+from dealrec.ground import embed_texts, evaluate_results, hits_path, item_embeddings, metrics_path, rank_items
 from dealrec.io import read_json, write_json
 from dealrec.metrics import topk_metrics
+from dealrec.paired import metrics_from_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +125,17 @@ def test_evaluate_end_to_end(model, tok, tmp_path, cache):
     result = tmp_path / "results" / "0_4.json"
     write_json(result, rows)
     rep = evaluate_results(result, data, None, ks=(1, 2, 10), model=model, tokenizer=tok, progress=False)
-    assert rep == read_json(metrics_path(result))
+    per_user = rep.pop("per_user")
+    assert rep == read_json(metrics_path(result))  # the metrics file is as before: no per-user data in it
+    assert per_user == read_json(hits_path(result)) and hits_path(result).name == "0_4.hits.json"
+    assert per_user["users"] == [0, 1, 2] and per_user["ks"] == [1, 2, 10]
+    # user 0: its target at rank 0; user 1: targets 2 and 4 (2 at rank 1, see below); 6 items: all ranked
+    assert per_user["hit_ranks"][0] == [0] and per_user["hit_ranks"][1][0] == 1
+    assert all(0 <= r < 6 for u in per_user["hit_ranks"] for r in u)
+    for i, k in enumerate(rep["ks"]):
+        m = metrics_from_ranks(per_user["hit_ranks"], k)
+        assert np.mean(m["Recall"]) == pytest.approx(rep["Recall"][i], abs=1e-12)
+        assert np.mean(m["NDCG"]) == pytest.approx(rep["NDCG"][i], abs=1e-12)
     assert metrics_path(result).name == "0_4.metrics.json"
     assert rep["n_predictions"] == 3 and rep["n_empty"] == 1 and rep["n_users"] == 3
     assert rep["exact_title_share"] == pytest.approx(2 / 3)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dealrec.metrics import topk_metrics
-from dealrec.paired import bootstrap_mean, paired_difference, per_user_metrics, verdict
+from dealrec.metrics import hit_ranks, topk_metrics
+from dealrec.paired import bootstrap_mean, metrics_from_ranks, paired_difference, per_user_metrics, verdict
 
 
 def test_per_user_metrics_by_hand_and_their_mean_is_topk_metrics():
@@ -65,3 +65,21 @@ def test_only_common_seeds_are_paired_and_users_must_align():
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({3: np.ones(2)}, {0: np.ones(2)})
     assert "cannot be told apart" in verdict({"low": -0.1, "high": 0.2}, "x")
+
+
+def test_hit_ranks_by_hand_and_metrics_from_ranks_equal_the_ranked_lists():
+    ranked = np.array([[5, 1, 2, 3], [7, 8, 9, 4], [0, 1, 2, 3]])
+    assert hit_ranks(ranked, [[3, 1, 1], [4, 6], []]) == [[1, 3], [3, -1], []]  # distinct targets, ascending ids
+    rng = np.random.default_rng(4)
+    ranked = np.stack([rng.permutation(60)[:20] for _ in range(300)])
+    targets = [list(rng.choice(60, size=rng.integers(0, 5), replace=True)) for _ in range(300)]
+    ranks = hit_ranks(ranked, targets)
+    for k in (1, 5, 10, 20):
+        a, b = metrics_from_ranks(ranks, k), per_user_metrics(ranked, targets, k)
+        for m in ("Recall", "NDCG"):
+            np.testing.assert_allclose(a[m], b[m], rtol=0, atol=1e-12)
+        ref = topk_metrics(ranked, targets, [k])
+        assert np.nanmean(a["Recall"]) == pytest.approx(ref["Recall"][0], abs=1e-12)
+        assert np.nanmean(a["NDCG"]) == pytest.approx(ref["NDCG"][0], abs=1e-12)
+    with pytest.raises(ValueError, match="aligned"):
+        hit_ranks(ranked, targets[:3])

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dealrec.io import logging_restored, read_json
+from dealrec.paired import metrics_from_ranks
 from dealrec.study import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
+from dealrec.study_report import paired_results, paired_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +64,27 @@ def test_config_errors_name_the_argument(tmp_path):
     assert StudyConfig.from_preset("gpu").n == 1024 and StudyConfig.from_preset("gpu").test_users is None
 
 
+def test_paired_results_by_hand():
+    """Two seeds, 4 users, one target each: the per-seed differences of Recall@20 are exact."""
+    per_user = {
+        "random": {0: [[-1], [3], [-1], [-1]], 1: [[-1], [-1], [-1], [0]]},
+        "dealrec": {0: [[5], [3], [-1], [-1]], 1: [[-1], [-1], [25], [0]]},  # rank 25 is outside the top 20
+    }
+    r = paired_results(per_user, n_boot=500)
+    assert list(r) == ["dealrec"] and set(r["dealrec"]) == {"Recall@20", "NDCG@20"}
+    rec = r["dealrec"]["Recall@20"]
+    assert rec["seed_means"] == [0.25, 0.0] and rec["mean"] == pytest.approx(0.125) and rec["seeds"] == 2
+    assert rec["baseline_mean"] == pytest.approx(0.25) and rec["relative"] == pytest.approx(0.5)
+    assert rec["seed_std"] == pytest.approx(statistics.stdev([0.25, 0.0]))
+    assert rec["verdict"].startswith("Recall@20: dealrec ") and "random" in rec["verdict"]
+    ndcg = r["dealrec"]["NDCG@20"]
+    assert ndcg["seed_means"][0] == pytest.approx(1 / math.log2(7) / 4)
+    table = paired_table(r).splitlines()
+    assert table[0].startswith("| strategy | metric | seeds | random | difference | 95 % interval |")
+    assert table[2].startswith("| dealrec | Recall@20 | 2 | 0.2500 | +0.1250 | ") and "| +50% | 0.1768 | +0.2500, +0.0000 |" in table[2]
+    assert paired_results({"dealrec": per_user["dealrec"]}) == {}  # no random: nothing to pair
+
+
 def _load_cli():
     spec = importlib.util.spec_from_file_location("reproduce_cli", REPO / "bench" / "reproduce.py")
     mod = importlib.util.module_from_spec(spec)
@@ -66,17 +92,26 @@ def _load_cli():
     return mod
 
 
+def _report_body(text: str) -> str:
+    """REPORT.md without what differs between two calls (when and where it was written, wall clock)."""
+    return "\n".join(line for line in text.splitlines()
+                     if not line.startswith("Written ") and not line.startswith("Pruning (once, cached)"))
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
-    """2 strategies x 1 seed on 60 Games users: a well-formed report and chart, then a resumed rerun."""
+    """3 strategies (dealrec-stable among them) x 1 LLM seed and 2 SASRec seeds on 60 Games users:
+    a well-formed report and chart, per-user records whose means are the runs' metrics, the paired
+    table; then, with every heavy cache deleted, a rerun that recomputes nothing from the records."""
     n_users = 60
     ds = tiny_dataset("games", games.train[:n_users], games.valid[:n_users], games.test[:n_users], games.titles,
                       dicts=False)
-    out = tmp_path / "study"
-    args = ["--data_dir", str(ds.data_dir), "--out_dir", str(out), "--n", "8", "--strategies", "dealrec,random",
-            "--seeds", "0", "--pool_users", "40", "--test_users", "4", "--surrogate_epochs", "2",
-            "--recursion_depth", "10", "--cutoff_len", "96", "--max_steps", "1", "--max_new_tokens", "4",
-            "--max_items", "50", "--sasrec_epochs", "2", "--log_file", str(tmp_path / "study.log")]
+    out, records = tmp_path / "study", tmp_path / "records"
+    args = ["--data_dir", str(ds.data_dir), "--out_dir", str(out), "--record_dir", str(records), "--n", "8",
+            "--strategies", "dealrec,dealrec-stable,random", "--seeds", "0", "--sasrec_seeds", "0,1",
+            "--pool_users", "40", "--test_users", "4", "--surrogate_epochs", "2", "--recursion_depth", "10",
+            "--cutoff_len", "96", "--max_steps", "1", "--max_new_tokens", "4", "--max_items", "50",
+            "--sasrec_epochs", "2", "--log_file", str(tmp_path / "study.log")]
     cli = _load_cli()
     with logging_restored():
         assert cli.main(args) == 0
@@ -84,30 +119,107 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
         png = (out / "report.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         results = read_json(out / "results.json")
-        assert [r["strategy"] for r in results["llm"]] == ["dealrec", "random"]
-        assert [r["strategy"] for r in results["sasrec"]] == ["dealrec", "random", "all candidates"]
+        assert [r["strategy"] for r in results["llm"]] == ["dealrec", "dealrec-stable", "random"]
+        assert [(r["strategy"], r["seed"]) for r in results["sasrec"]] == [
+            ("dealrec", 0), ("dealrec", 1), ("dealrec-stable", 0), ("dealrec-stable", 1), ("random", 0), ("random", 1),
+            ("all candidates", 0), ("all candidates", 1)]
         assert all(r["n_users"] == 4 for r in results["llm"])
         for r in results["llm"] + results["sasrec"]:
             assert all(0.0 <= r[m] <= 1.0 for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20"))
-        # the report's table rows carry the per-run numbers (one seed: std 0)
+        # the report's table rows carry the per-run numbers (one LLM seed: std 0)
         for r in results["llm"]:
             assert f"| {r['strategy']} | 1 | " in report
             assert f"{r['Recall@20']:.4f} ± 0.0000" in report
+        assert "| random | 2 | " in report  # the SASRec table: two seeds
         assert "paper: DEALRec | – | 0.0181 | 0.0276 | 0.0115 | 0.0142" in report
         assert "## Configuration" in report and json.loads(report.split("```json")[1].split("```")[0])["n"] == 8
         # the same test users for every run
         tests = {json.dumps([r["user"] for r in read_json(out / "runs" / f"{s}_s0" / "result.json")])
-                 for s in ("dealrec", "random")}
+                 for s in ("dealrec", "dealrec-stable", "random")}
         assert len(tests) == 1
-        # selections: n distinct candidates (first 40 users)
-        for s in ("dealrec", "random"):
-            sel = read_json(out / "runs" / f"{s}_s0" / "selection.pt.json")["indices"]
-            assert len(sel) == len(set(sel)) == 8 and all(0 <= u < 40 for u in sel)
-        # a rerun reuses every stage: the adapters and result files are not rewritten
-        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".safetensors", ".json")
-                  and "REPORT" not in p.name and p.name not in ("results.json", "config.json")}
+        llm_users = read_json(records / "users" / "llm.json")["users"]
+        assert json.dumps(llm_users) in tests and len(llm_users) == 4
+        # selections: n distinct candidates (first 40 users), recorded
+        for s in ("dealrec", "dealrec-stable", "random"):
+            for seed in (0, 1):
+                sel = read_json(records / "selection" / f"{s}_s{seed}.json")["indices"]
+                assert len(sel) == len(set(sel)) == 8 and all(0 <= u < 40 for u in sel)
+        # per-user records: every run's per-user metrics average to its metrics
+        sas_users = read_json(records / "users" / "sasrec.json")["users"]
+        assert len(sas_users) == results["sasrec"][0]["n_test_users"] == sum(1 for t in games.test[:n_users] if t)
+        for signal, n in (("llm", 4), ("sasrec", len(sas_users))):
+            for r in results[signal]:
+                name = f"{r['strategy'].replace(' ', '-')}_s{r['seed']}"
+                rec = read_json(records / signal / f"{name}.json")
+                ranks = read_json(records / signal / f"{name}.hits.json")["hit_ranks"]
+                assert len(ranks) == n and all(-1 <= x < 50 for u in ranks for x in u)
+                for m in ("Recall", "NDCG"):
+                    for k in (10, 20):
+                        assert np.nanmean(metrics_from_ranks(ranks, k)[m]) == pytest.approx(r[f"{m}@{k}"], abs=1e-12)
+                        assert rec[f"{m}@{k}"] == r[f"{m}@{k}"]
+        # the paired table, both signals, each strategy vs random
+        paired = results["paired"]
+        assert paired["baseline"] == "random" and paired["metrics"] == ["Recall@20", "NDCG@20"]
+        assert set(paired["llm"]) == {"dealrec", "dealrec-stable"}
+        assert set(paired["sasrec"]) == {"dealrec", "dealrec-stable", "all candidates"}
+        for signal, seeds in (("llm", 1), ("sasrec", 2)):
+            for s, by_metric in paired[signal].items():
+                for metric, r in by_metric.items():
+                    assert r["seeds"] == seeds and len(r["seed_means"]) == seeds
+                    assert r["low"] <= r["mean"] <= r["high"] and r["verdict"] in report
+                    means = {row["seed"]: row[metric] for row in results[signal] if row["strategy"] == s}
+                    base = {row["seed"]: row[metric] for row in results[signal] if row["strategy"] == "random"}
+                    assert r["seed_means"] == pytest.approx([means[x] - base[x] for x in sorted(base)], abs=1e-12)
+        assert "## Paired differences to random" in report and "| dealrec-stable | NDCG@20 | 2 |" in report
+
+        # a later sitting on a fresh machine: every heavy cache (scores, adapters, generations) gone
+        first = {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()}
+        shutil.rmtree(out)
+        assert cli.main(args) == 0
+        assert not (out / "scores").exists() and not (out / "runs").exists()  # nothing was recomputed
+        assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == first
+        again = read_json(out / "results.json")
+        for part in ("llm", "sasrec", "paired", "prune_seconds"):
+            assert again[part] == results[part], part
+        assert _report_body((out / "REPORT.md").read_text()) == _report_body(report)
+        # a report alone reads the records too
         assert cli.main([*args, "--only", "report"]) == 0
-        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+        assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == first
+        # a changed setting makes exactly the runs it determines stale
+        assert Study(cli.parse_args(args)[0]).pending() == []
+        stale = Study(cli.parse_args([*args, "--sasrec_epochs", "3"])[0]).pending()
+        assert {sig for sig, _, _ in stale} == {"sasrec"} and len(stale) == 8
+        stale = Study(cli.parse_args([*args, "--test_users", "3"])[0]).pending()
+        assert stale == [("llm", s, 0) for s in ("dealrec", "dealrec-stable", "random")]
+        stale = Study(cli.parse_args([*args, "--seeds", "0,1"])[0]).pending()
+        assert stale == [("llm", s, 1) for s in ("dealrec", "dealrec-stable", "random")]
+
+
+def test_full_preset():
+    cfg = StudyConfig.from_preset("full")
+    cfg.validate()
+    assert cfg.n == 1024 and cfg.pool_users is None and cfg.test_users == 2000
+    assert {"dealrec", "dealrec-stable", "random", "influence", "effort", "greedy"} <= set(cfg.strategies)
+    assert len(cfg.seeds) >= 3 and len(cfg.signal_seeds["sasrec"]) >= 5 and set(cfg.seeds) <= set(cfg.sasrec_seeds)
+    assert cfg.records == Path("docs/study/full") and cfg.all_seeds == cfg.sasrec_seeds
+    assert StudyConfig.flat(n=8).records == Path("results/games_8/records")
+    assert StudyConfig.flat(n=8, record_dir="/x").records == Path("/x")
+    cli = _load_cli()
+    cfg, _ = cli.parse_args(["--preset", "full", "--test_users", "500"])
+    assert cfg.records == REPO / "docs" / "study" / "full" and cfg.test_users == 500
+    with pytest.raises(ValueError, match="--sasrec_seeds"):
+        StudyConfig.flat(sasrec_seeds=(1, 1)).validate()
+
+
+def test_given_scores_are_not_used_for_other_scoring_settings(tmp_path):
+    """--prune.effort_scores holds lora_B effort: dealrec-stable (base-weight effort, expected
+    negatives) must compute its own, dealrec uses the file."""
+    f = tmp_path / "effort.pt"
+    f.write_bytes(b"x")
+    cfg = StudyConfig.flat(**{"prune.effort_scores": str(f), "prune.influence_scores": str(f)})
+    assert cfg.prune_config("dealrec").effort_scores == str(f)
+    stable = cfg.prune_config("dealrec-stable")
+    assert stable.effort_scores is None and stable.influence_scores is None and stable.effort.target == "base"
 
 
 def test_n_larger_than_candidates(tiny_dataset):

@@ -10,12 +10,13 @@ import torch
 
 from dealrec.data import RecData
 from dealrec.metrics import topk_from_scores, topk_metrics
+from dealrec.paired import metrics_from_ranks
 from dealrec.surrogate import SURROGATES, build_surrogate, register_surrogate
 from dealrec.surrogate import trainer as trainer_mod
 from dealrec.surrogate.loss import batch_loss, per_sample_loss, sample_loss_terms
 from dealrec.surrogate.samples import build_eval, build_samples, sample_negatives, trim_left
 from dealrec.surrogate.sasrec import SASRec, SASRecConfig
-from dealrec.surrogate.trainer import SurrogateConfig, eval_sets, evaluate, train_surrogate
+from dealrec.surrogate.trainer import SurrogateConfig, eval_sets, evaluate, evaluate_per_user, train_surrogate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -409,6 +410,29 @@ def test_train_users_trains_on_those_sequences_only():
     assert not all(torch.equal(a[k], c[k]) for k in a)
     # evaluation still covers every user of the data set
     assert res_a.test["n_users"] == sum(1 for t in data.test if t)
+
+
+def test_per_user_ranks_give_the_aggregate_metrics():
+    """evaluate_per_user: the same metrics as evaluate, and per user the targets' ranks from which
+    every Recall/NDCG@K up to max(ks) averages to exactly those metrics; train_surrogate keeps
+    them for its test evaluation."""
+    data = synthetic_data()
+    cfg = SurrogateConfig(epochs=3, eval_every=0, batch_size=16, lr=1e-2, hidden_size=8, max_seq_length=10,
+                          ks=(1, 5, 10))
+    model = build_surrogate("SASRec", data.n_items, cfg)
+    res = train_surrogate(model, data, cfg)
+    valid, test = eval_sets(data, cfg.max_seq_length)
+    metrics, ranks = evaluate_per_user(model, test, cfg.ks)
+    assert metrics == evaluate(model, test, cfg.ks) == res.test
+    assert res.test_hit_ranks == ranks and res.test_users == test.users.tolist()
+    assert len(ranks) == len(test.users) and [len(r) for r in ranks] == [len(set(t)) for t in test.targets]
+    assert any(r >= 0 for u in ranks for r in u)  # some hits, so the check below is not 0 == 0
+    for i, k in enumerate(cfg.ks):
+        per_user = metrics_from_ranks(ranks, k)
+        assert np.mean(per_user["Recall"]) == pytest.approx(metrics["Recall"][i], abs=1e-12)
+        assert np.mean(per_user["NDCG"]) == pytest.approx(metrics["NDCG"][i], abs=1e-12)
+    empty = build_eval(data.train, [[] for _ in data.train])
+    assert evaluate_per_user(model, empty, cfg.ks)[1] == []
 
 
 def test_early_stopping(monkeypatch):

@@ -35,8 +35,18 @@ from tqdm.auto import tqdm
 from .data import DataError, RecData
 from .generate import bf16_copy
 from .hardware import cpu_precision
-from .io import LOG, cache_key, cached, load_tensor, read_json, save_tensor, write_json, write_manifest
-from .metrics import DEFAULT_KS, format_table, topk_metrics
+from .io import (
+    LOG,
+    cache_key,
+    cached,
+    load_tensor,
+    read_json,
+    save_tensor,
+    write_compact_json,
+    write_json,
+    write_manifest,
+)
+from .metrics import DEFAULT_KS, format_table, hit_ranks, topk_metrics
 from .padding import pad_batch
 from .prompts import clean_title
 
@@ -190,6 +200,13 @@ def metrics_path(result_file: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".metrics.json")
 
 
+def hits_path(result_file: str | os.PathLike) -> Path:
+    """``<result>.hits.json``: per test user (the result file's order) the 0-based rank of each
+    target among the grounded top max(K), or -1 (one compact JSON line)."""
+    p = Path(result_file)
+    return p.with_name(p.stem + ".hits.json")
+
+
 def evaluate_results(
     result_file: str | os.PathLike,
     data: RecData,
@@ -204,7 +221,14 @@ def evaluate_results(
     write: bool = True,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Ground the generations of ``result_file``, score them and write ``<result>.metrics.json``.
+    """Ground the generations of ``result_file``, score them and write ``<result>.metrics.json``
+    and the per-user hit ranks ``<result>.hits.json`` (:func:`hits_path`).
+
+    The returned report is the metrics file's content plus ``per_user``: ``users`` (the records'
+    ``user`` ids, None where a record has none) and ``hit_ranks`` (per record, the 0-based rank of
+    each of its distinct targets, ascending ids, within the top max(ks), or -1:
+    :func:`dealrec.metrics.hit_ranks`), from which :func:`dealrec.paired.metrics_from_ranks`
+    recomputes each user's Recall/NDCG@K.
 
     ``precision`` (``fp32|bf16|auto``): ``bf16`` embeds titles and generations with a bf16 copy
     of the base model (CPU with native bf16 only; else fp32 with a warning); ``auto`` =
@@ -255,8 +279,12 @@ def evaluate_results(
         "distance": "L2",
         "precision": precision,
     }
+    per_user = {"users": [r.get("user") if isinstance(r.get("user"), int) else None for r in rows],
+                "ks": ks, "hit_ranks": hit_ranks(ranked.numpy(), targets)}
     if write:
         write_json(metrics_path(result_file), report)
+        write_compact_json(hits_path(result_file), per_user)
+    report["per_user"] = per_user
     LOG.info("%s\n%s", result_file, format_table(m, ks))
     if n_empty:
         LOG.warning("%d of %d generations are empty", n_empty, len(rows))

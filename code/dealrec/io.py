@@ -71,6 +71,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
 
 
+def write_compact_json(path: str | os.PathLike, obj: Any) -> None:
+    """JSON on one line without spaces (per-user records: thousands of small ints)."""
+    write_text(path, json.dumps(_jsonable(obj), separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -31,6 +31,23 @@ def hit_matrix(ranked: np.ndarray, targets: Sequence[Sequence[int]]) -> np.ndarr
     return hits
 
 
+def hit_ranks(ranked: np.ndarray | torch.Tensor, targets: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per user, the 0-based rank of each of its targets (distinct, ascending ids) in its ranked
+    list, or -1 when the target is not in it: the compact per-user record from which
+    :func:`dealrec.paired.metrics_from_ranks` recomputes Recall/NDCG@K for every K up to the
+    list's length (``ranked`` holds distinct items per row, as every ranking here does)."""
+    if isinstance(ranked, torch.Tensor):
+        ranked = ranked.cpu().numpy()
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or len(ranked) != len(targets):
+        raise ValueError(f"ranked must be [users, L] aligned with targets; got {ranked.shape} vs {len(targets)}")
+    out = []
+    for row, t in zip(ranked.tolist(), targets):
+        pos = {item: r for r, item in enumerate(row)}
+        out.append([pos.get(i, -1) for i in sorted({int(i) for i in t})])
+    return out
+
+
 def topk_metrics(
     ranked: np.ndarray | torch.Tensor,
     targets: Sequence[Sequence[int]],

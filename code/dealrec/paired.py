@@ -34,6 +34,23 @@ def per_user_metrics(ranked: np.ndarray, targets: Sequence[Sequence[int]], k: in
     return {"Recall": recall, "NDCG": ndcg}
 
 
+def metrics_from_ranks(ranks: Sequence[Sequence[int]], k: int) -> dict[str, np.ndarray]:
+    """Recall@k and NDCG@k of every user from its targets' 0-based ranks (-1: not ranked), the
+    per-user record of :func:`dealrec.metrics.hit_ranks` (valid for k up to the ranked list's
+    length); users without targets get NaN. Same definitions as :func:`per_user_metrics`."""
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])
+    recall = np.full(len(ranks), np.nan)
+    ndcg = np.full(len(ranks), np.nan)
+    for u, rs in enumerate(ranks):
+        if not len(rs):
+            continue
+        hit = [r for r in rs if 0 <= r < k]
+        recall[u] = len(hit) / len(rs)
+        ndcg[u] = sum(discount[r] for r in hit) / ideal[min(len(rs), k)]
+    return {"Recall": recall, "NDCG": ndcg}
+
+
 def bootstrap_mean(diff: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Mean of ``diff`` with a percentile bootstrap interval, and the share of bootstrap means
     on the other side of 0 from the observed mean (a one-sided bootstrap p-value)."""

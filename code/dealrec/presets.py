@@ -5,7 +5,7 @@ command line's own options.
 - :data:`PRUNE_PRESETS` (``prune.py --preset``, ``prune.sh … --preset demo``);
 - :data:`FINETUNE_PRESETS` (``finetune.sh <data> --preset cpu-demo``: one entry per script of
   the chain — ``gen_fewshot``, ``finetune``, ``inference``, ``evaluate``);
-- :data:`STUDY_PRESETS` (``bench/reproduce.py --preset cpu|gpu``).
+- :data:`STUDY_PRESETS` (``bench/reproduce.py --preset cpu|gpu|full``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ Preset = dict[str, Any]
 
 # Every registered strategy in the study's order (DEALRec, random, the ablations, the baselines).
 DEFAULT_STRATEGIES = ("dealrec", "random", "influence", "effort", "greedy", "el2n", "grand", "ccs")
+
+# The `full` preset's: DEALRec, its seed-stable variant, random, the three ablations.
+FULL_STRATEGIES = ("dealrec", "dealrec-stable", "random", "influence", "effort", "greedy")
 
 PRUNE_PRESETS: dict[str, Preset] = {
     # `make demo`: the first 600 users, n = 64, a short surrogate run and LiSSA, 256-token prompts.
@@ -66,5 +69,20 @@ STUDY_PRESETS: dict[str, Preset] = {
         "finetune.num_epochs": 5.0, "finetune.learning_rate": 3e-4, "finetune.warmup_steps": 5,
         "finetune.train_on_inputs": True, "finetune.val_set_size": None, "finetune.eval_steps": 8,
         "generate.num_beams": 4, "generate.max_new_tokens": 64, "generate.batch_size": 64,
+    },
+    # The study at the paper's scale with paired statistics (issue 15): every Games user is a
+    # candidate, n = 1024, DEALRec and its seed-stable variant against random and the ablations.
+    # SASRec (cheap) on all test users with 5 seeds; the LLM on 2,000 fixed test users with 3
+    # seeds, with the cpu preset's LoRA recipe (response-only loss, lr 2e-3, 2 epochs of batches
+    # of 8: the recipe that made the embedded 135M model's generations differ between
+    # selections) and greedy 24-token generations; prompts of up to 512 tokens everywhere (the
+    # pruning CLI's effort default, so effort scores computed by prune.py can be reused).
+    "full": {
+        "prune.select.n_fewshot": 1024, "strategies": FULL_STRATEGIES, "seeds": (0, 1, 2),
+        "sasrec_seeds": (0, 1, 2, 3, 4), "prune.max_users": None, "test_users": 2000, "test_seed": 0,
+        "cutoff_len": 512, "finetune.batch_size": 8, "finetune.micro_batch_size": 4, "finetune.num_epochs": 2.0,
+        "finetune.learning_rate": 2e-3, "finetune.warmup_steps": 4, "finetune.train_on_inputs": False,
+        "finetune.val_set_size": 32, "finetune.eval_steps": 64, "generate.num_beams": 1,
+        "generate.max_new_tokens": 24, "generate.batch_size": 16,
     },
 }

@@ -21,8 +21,20 @@ One data set, one sample count n, strategies × seeds (the paper's Table 2 setti
 names of the earlier flat configuration (``n``, ``lamda``, ``learning_rate``, ``num_beams`` …)
 remain readable and settable (:data:`STUDY_ALIASES`).
 
-Every output is cached with a manifest, so an interrupted study resumes where it stopped, and
-several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
+5. the paired-difference table: per signal, each strategy against ``random`` on the same test
+   users with the same seed (per-user Recall@20/NDCG@20 differences, averaged over seeds, bootstrap
+   95 % interval, seed-to-seed spread, a verdict sentence: :mod:`dealrec.paired`).
+
+Each finished run leaves its small result files in the record folder (``record_dir``; default
+``docs/study/<preset>`` for a named preset, else ``<out>/records``; :mod:`dealrec.records`): the
+selection's indices, the metrics and timings, and per test user the ranks of its targets. A run
+whose record carries the expected key is never recomputed, and the report is made from the
+records alone, so a study resumes from them on a machine without ``<out>`` (scores, adapters,
+generations and title embeddings are rebuilt only for runs still missing). The SASRec signal may
+have more seeds than the LLM signal (``sasrec_seeds``).
+
+Every heavy output is cached with a manifest too, so an interrupted run resumes where it stopped,
+and several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
 """
 
 from __future__ import annotations
@@ -43,8 +55,8 @@ from .fewshot import build_examples, write_fewshot
 from .finetune import FinetuneConfig, is_done
 from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
-from .ground import evaluate_results, metrics_path
-from .io import LOG, Timer, cache_key, cached, file_hash, read_json, save_tensor, write_json, write_manifest
+from .ground import POOLING, evaluate_results
+from .io import LOG, Timer, cache_key, cached, file_hash, read_json, tensor_hash, write_json, write_manifest
 from .llm import model_id
 from .presets import DEFAULT_STRATEGIES
 from .presets import STUDY_PRESETS as PRESETS
@@ -56,6 +68,7 @@ from .prune import (
     influence_file,
     surrogate_file,
 )
+from .records import Records, users_key
 from .select import STRATEGIES, ScoreSet, run_strategy, strategy_spec
 from .study_report import (
     METRICS,
@@ -110,7 +123,7 @@ SUMMARY_ORDER = (
     "base_model", "device", "lamda", "k", "hard_prune", "prune_seed", "surrogate_epochs", "recursion_depth",
     "cutoff_len", "batch_size", "micro_batch_size", "num_epochs", "learning_rate", "warmup_steps", "train_on_inputs",
     "max_steps", "val_set_size", "eval_steps", "num_beams", "max_new_tokens", "gen_batch_size", "max_items",
-    "sasrec_epochs", "sasrec_eval_every", "sasrec_patience",
+    "sasrec_seeds", "sasrec_epochs", "sasrec_eval_every", "sasrec_patience", "record_dir",
 )
 
 # The study's defaults where they differ from the stage configurations' own (a CPU-sized run).
@@ -131,7 +144,12 @@ class StudyConfig(FlatView):
     test_users: int | None = None  # a fixed random sample of N test users (None: all)
     test_seed: int = 0
     max_items: int | None = None  # rank among the first N items + targets (None: the whole catalogue)
+    # the run records (selections, metrics, per-user hit ranks): None = docs/study/<preset> for a
+    # named preset (relative to the working directory; bench/reproduce.py anchors it at the
+    # repository), else <out>/records
+    record_dir: str | None = None
     # second signal: SASRec trained on the selection only
+    sasrec_seeds: tuple[int, ...] | None = None  # its seeds (None: seeds); cheap, so it may have more
     sasrec_epochs: int = 100
     sasrec_eval_every: int = 10
     sasrec_patience: int = 2
@@ -167,6 +185,26 @@ class StudyConfig(FlatView):
     def out(self) -> Path:
         return Path(self.out_dir or Path("results") / f"{self.data_name}_{self.n}")
 
+    @property
+    def records(self) -> Path:
+        """The record folder (:mod:`dealrec.records`): ``record_dir``, else ``docs/study/<preset>``
+        for a named preset, else ``<out>/records``."""
+        if self.record_dir:
+            return Path(self.record_dir)
+        if self.preset:
+            return Path("docs") / "study" / self.preset
+        return self.out / "records"
+
+    @property
+    def signal_seeds(self) -> dict[str, tuple[int, ...]]:
+        """The seeds of each signal: the LLM's ``seeds``, SASRec's ``sasrec_seeds`` (or ``seeds``)."""
+        return {"llm": tuple(self.seeds), "sasrec": tuple(self.sasrec_seeds or self.seeds)}
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed of either signal (a selection per strategy and seed), in order."""
+        return tuple(dict.fromkeys((*self.seeds, *(self.sasrec_seeds or ()))))
+
     def validate(self) -> None:
         """Fail before any expensive work, naming the argument."""
         if self.n <= 0:
@@ -180,6 +218,8 @@ class StudyConfig(FlatView):
             raise ValueError(f"--strategies lists a strategy twice: {list(self.strategies)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and non-empty, got {list(self.seeds)}")
+        if self.sasrec_seeds is not None and (not self.sasrec_seeds or len(set(self.sasrec_seeds)) != len(self.sasrec_seeds)):
+            raise ValueError(f"--sasrec_seeds must be distinct and non-empty (or omitted), got {list(self.sasrec_seeds)}")
         for name in ("pool_users", "test_users", "max_items"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -192,9 +232,18 @@ class StudyConfig(FlatView):
         self.prune_config().validate()
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
-        """The pruning configuration of ``strategy`` (its registered scoring settings applied)."""
+        """The pruning configuration of ``strategy`` (its registered scoring settings applied).
+
+        A score file given with ``--prune.influence_scores`` / ``--prune.effort_scores`` holds the
+        scores of the configured settings, so it is not used for a strategy whose registration
+        changes that score's settings (``dealrec-stable``: expected negatives, base-weight effort)."""
         cfg = override(self.prune, {"score_dir": str(self.out / "scores"), "selected_dir": str(self.out / "selected")})
-        return cfg.for_strategy(strategy)
+        scoring = strategy_spec(strategy).scoring
+        given = {}
+        for name in ("influence", "effort"):
+            if any(k.startswith(f"{name}.") and get(cfg, k) != v for k, v in scoring.items()):
+                given[f"{name}_scores"] = None
+        return override(cfg, given).for_strategy(strategy) if given else cfg.for_strategy(strategy)
 
     def finetune_config(self, train_file: Path, val_file: Path, output_dir: Path, seed: int) -> FinetuneConfig:
         return dataclasses.replace(self.finetune, train_file=str(train_file), val_file=str(val_file),
@@ -213,6 +262,14 @@ class StudyConfig(FlatView):
 # ------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------
+
+
+_RECORD_ONLY = ("key", "params", "written", "users_key", "metrics", "timings")
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's row: its numbers without the bookkeeping (key, params, full metrics, timings)."""
+    return {k: v for k, v in rec.items() if k not in _RECORD_ONLY}
 
 
 def _at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
@@ -241,6 +298,8 @@ class Study:
                 f"--n {cfg.n} exceeds the {len(self.candidates)} eligible candidates (users with ≥ 3 train items among "
                 f"the first {self.pool.n_users}); lower --n or raise --pool_users"
             )
+        self.train_hash = file_hash(self.data.root / "sequential_train.txt")
+        self.records = Records(cfg.records)
         self._scores: dict[str, ScoreSet] = {}
         self._tokenizer: Any = None
         self._base: Any = None
@@ -264,13 +323,19 @@ class Study:
             self._base = load_base_model(self.cfg.base_model, self.cfg.device)
         return self._base
 
-    def test_file(self) -> Path:
-        """One test file for every run: a fixed random sample of test users (user order)."""
+    def test_user_ids(self) -> list[int]:
+        """The LLM signal's test users: a fixed random sample of ``test_users`` (user order), or all."""
         cfg = self.cfg
-        path = self.out / "test.json"
         users = self.data.test_users
         if cfg.test_users is not None and cfg.test_users < len(users):
             users = sorted(random.Random(cfg.test_seed).sample(users, cfg.test_users))
+        return users
+
+    def test_file(self) -> Path:
+        """One test file for every run: :meth:`test_user_ids`' examples, in that order."""
+        cfg = self.cfg
+        path = self.out / "test.json"
+        users = self.test_user_ids()
         key = {"data_name": cfg.data_name, "train": file_hash(self.data.root / "sequential_train.txt"),
                "users": cache_key({"u": users}), "cutoff_len": cfg.cutoff_len, "model": model_id(cfg.base_model)}
         if not cached(path, key):
@@ -288,8 +353,12 @@ class Study:
         return self._scores[tag]
 
     def prune(self) -> None:
+        """The scores of every strategy that still has a selection to make (none when every
+        selection is in the records)."""
         for s in self.cfg.strategies:
-            self.scores(s)
+            if any(self.records.get("selection", f"{s}_s{seed}", self.selection_params(s, seed)) is None
+                   for seed in self.cfg.all_seeds):
+                self.scores(s)
 
     def embed(self) -> None:
         """The item-title embeddings grounding needs (cached per model and catalogue), ahead of the runs."""
@@ -315,25 +384,83 @@ class Study:
                     out[name] = round(float(sec), 1)
         return out
 
+    # -- the keys of the records ------------------------------------------------------------
+
+    def selection_params(self, strategy: str, seed: int) -> dict[str, Any]:
+        """What determines a selection: the data, the pool, the strategy's scoring settings (not
+        where the scores came from), n, the selection knobs and the seed."""
+        cfg = self.cfg
+        pcfg = cfg.prune_config(strategy)
+        needs = set(strategy_spec(strategy).needs)
+        scoring: dict[str, Any] = {}
+        if needs & {"influence", "baselines"}:
+            scoring["surrogate"] = {"name": pcfg.surrogate.name, "config": pcfg.surrogate.config().key()}
+        if "influence" in needs:
+            inf = dataclasses.asdict(pcfg.influence_config())
+            inf.pop("chunk_positions", None)
+            scoring["influence"] = inf
+        if "effort" in needs:
+            eff = dataclasses.asdict(pcfg.effort)
+            for k in ("max_batch_tokens", "max_batch_size", "chunk_size", "force_precision", "prefix_reuse"):
+                eff.pop(k, None)
+            eff["base_model"] = model_id(eff["base_model"])
+            scoring["effort"] = eff
+        return {"data_name": cfg.data_name, "train": self.train_hash, "pool_users": cfg.pool_users,
+                "strategy": strategy, "seed": seed, "n": cfg.n, "lamda": cfg.lamda, "k": cfg.k,
+                "hard_prune": cfg.hard_prune, "scoring": scoring}
+
+    def llm_params(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
+        """What determines an LLM run: the selection, the fine-tuning and generation settings
+        (without paths and throughput-only settings), the test users and the grounding."""
+        cfg = self.cfg
+        ft = dataclasses.asdict(cfg.finetune)
+        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
+            ft.pop(k, None)
+        ft["base_model"] = model_id(ft["base_model"])
+        ft["seed"] = seed
+        gen = dataclasses.asdict(cfg.generate)
+        for k in ("test_file", "result_file", "lora_weights", "overwrite", "progress", "batch_size", "max_test_users"):
+            gen.pop(k, None)
+        gen["base_model"] = model_id(gen["base_model"])
+        return {"data_name": cfg.data_name, "train": self.train_hash, "strategy": strategy, "seed": seed,
+                "selection": cache_key({"u": users}), "n_selected": len(users), "finetune": ft, "generate": gen,
+                "test_users": users_key(self.test_user_ids()), "max_items": cfg.max_items,
+                "ground": {"model": model_id(cfg.base_model), "pooling": POOLING, "distance": "L2"}}
+
+    def sasrec_params(self, seed: int, users: list[int]) -> dict[str, Any]:
+        """What determines a SASRec run: the data, the training users, the training settings."""
+        cfg = self.cfg
+        return {"data_name": cfg.data_name, "train": self.train_hash, "users": cache_key({"u": sorted(users)}),
+                "config": cfg.sasrec_config(seed).key()}
+
     # -- one run ------------------------------------------------------------------------------
 
     def run_dir(self, strategy: str, seed: int) -> Path:
         return self.out / "runs" / f"{strategy}_s{seed}"
 
-    def selection(self, strategy: str, seed: int) -> list[int]:
+    def selection(self, strategy: str, seed: int, compute: bool = True) -> list[int]:
+        """The selected users of ``strategy`` with ``seed``: from the record, else selected from
+        the scores (computed or reused from ``<out>/scores``) and recorded."""
         cfg = self.cfg
+        name = f"{strategy}_s{seed}"
+        params = self.selection_params(strategy, seed)
+        rec = self.records.get("selection", name, params)
+        if rec is not None:
+            return [int(u) for u in rec["indices"]]
+        if not compute:
+            raise FileNotFoundError(f"no record of the selection {name} in {self.records.root}; run the study first")
+        scores = self.scores(strategy)
         with Timer() as t:
-            res = run_strategy(strategy, self.scores(strategy), cfg.n, seed=seed, lamda=cfg.lamda, k=cfg.k,
+            res = run_strategy(strategy, scores, cfg.n, seed=seed, lamda=cfg.lamda, k=cfg.k,
                                hard_prune=cfg.hard_prune)
         users = [int(i) for i in res.indices]
-        path = self.run_dir(strategy, seed) / "selection.pt"
-        key = {"strategy": strategy, "seed": seed, "n": cfg.n, "users": cache_key({"u": users})}
-        if not cached(path, key):
-            save_tensor(path, users)
-            write_manifest(path, key, data_name=cfg.data_name, selection=res.to_dict(), seconds=t.seconds,
-                           pool_users=cfg.pool_users, indices=users)
         if res.shortfall:
             LOG.warning("%s seed %d: selection is %d short of n=%d", strategy, seed, res.shortfall, cfg.n)
+        summary = {k: v for k, v in res.to_dict().items() if k not in ("indices", "hard_pruned")}
+        used = {k: tensor_hash(torch.as_tensor(getattr(scores, k))) for k in ("influence", "effort", "el2n", "grand")
+                if getattr(scores, k, None) is not None}
+        self.records.put("selection", name, params, {"indices": users, "selection": summary,
+                                                     "scores": used, "seconds": round(t.seconds, 3)})
         return users
 
     def _timings(self, run: Path, **new: float) -> dict[str, float]:
@@ -345,8 +472,14 @@ class Study:
         return t
 
     def llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
-        """Few-shot fine-tune, generate, ground and score one run (BIGRec, paper §5.1)."""
+        """Few-shot fine-tune, generate, ground and score one run (BIGRec, paper §5.1); the
+        record (metrics, per-user hit ranks, timings) when there is one."""
         cfg = self.cfg
+        name = f"{strategy}_s{seed}"
+        params = self.llm_params(strategy, seed, users)
+        rec = self.records.get("llm", name, params)
+        if rec is not None:
+            return {**_row(rec), **rec.get("timings", {})}
         run = self.run_dir(strategy, seed)
         paths = write_fewshot(self.data, users, run / "fewshot", self.tokenizer, cfg.cutoff_len, n_label=cfg.n,
                               base_model=cfg.base_model, splits=("train", "valid"), progress=False)
@@ -361,71 +494,128 @@ class Study:
             with Timer() as t:
                 run_inference(icfg)
             self._timings(run, generate=t.seconds)
-        mfile = metrics_path(icfg.result_file)
-        key = {"result": file_hash(icfg.result_file), "max_items": cfg.max_items, "model": model_id(cfg.base_model)}
-        if cached(mfile, key):
-            report = read_json(mfile)
-        else:
-            with Timer() as t:
-                report = evaluate_results(icfg.result_file, self.data, cfg.base_model, device=cfg.device,
-                                          max_items=cfg.max_items, model=self.base, tokenizer=self.tokenizer)
-            write_manifest(mfile, key)
-            self._timings(run, ground=t.seconds)
-        return {**_at(report, report["ks"]), "exact_title_share": report["exact_title_share"],
-                "n_users": report["n_users"], "n_items_ranked": report["n_items_ranked"]}
+        with Timer() as t:
+            report = evaluate_results(icfg.result_file, self.data, cfg.base_model, device=cfg.device,
+                                      max_items=cfg.max_items, model=self.base, tokenizer=self.tokenizer)
+        timings = self._timings(run, ground=t.seconds)
+        per_user = report.pop("per_user")
+        if per_user["users"] != self.test_user_ids():
+            raise ValueError(f"{icfg.result_file}: its users are not the study's fixed test users")
+        record = {"strategy": strategy, "seed": seed, **_at(report, report["ks"]),
+                  "exact_title_share": report["exact_title_share"], "n_users": report["n_users"],
+                  "n_items_ranked": report["n_items_ranked"], "timings": timings,
+                  "metrics": {k: report[k] for k in ("ks", "Recall", "NDCG", "Precision", "MRR", "n_empty",
+                                                     "catalogue", "precision")}}
+        rec = self.records.put("llm", name, params, record, per_user["hit_ranks"], per_user["users"])
+        return {**_row(rec), **timings}
 
     def sasrec_run(self, label: str, seed: int, users: list[int]) -> dict[str, Any]:
-        """Second signal: a fresh SASRec trained on ``users``' sequences only, full test set."""
+        """Second signal: a fresh SASRec trained on ``users``' sequences only, full test set; the
+        record (metrics, per-user hit ranks) when there is one."""
         cfg = self.cfg
-        path = self.out / "sasrec" / f"{label.replace(' ', '-')}_s{seed}.json"
+        name = f"{label}_s{seed}"
+        params = self.sasrec_params(seed, users)
+        rec = self.records.get("sasrec", name, params)
+        if rec is not None:
+            return _row(rec)
         scfg = cfg.sasrec_config(seed)
-        key = {"data_name": cfg.data_name, "train": file_hash(self.data.root / "sequential_train.txt"),
-               "users": cache_key({"u": sorted(users)}), "config": scfg.key()}
-        if cached(path, key):
-            return read_json(path)
         model = build_surrogate("SASRec", self.data.n_items, scfg)
         with Timer() as t:
             res = train_surrogate(model, self.data, scfg, cfg.device, train_users=sorted(users))
-        out = {**_at(res.test, scfg.ks), "best_epoch": res.best_epoch, "n_test_users": res.test["n_users"],
-               "seconds": round(t.seconds, 1)}
-        write_json(path, out)
-        write_manifest(path, key)
+        record = {"strategy": label, "seed": seed, **_at(res.test, scfg.ks), "best_epoch": res.best_epoch,
+                  "n_test_users": res.test["n_users"], "seconds": round(t.seconds, 1),
+                  "metrics": {"ks": list(scfg.ks), **{k: res.test[k] for k in ("Recall", "NDCG", "Precision", "MRR")}}}
+        self.records.write_users("sasrec", res.test_users)
+        return _row(self.records.put("sasrec", name, params, record, res.test_hit_ranks, res.test_users))
+
+    def pending(self) -> list[tuple[str, str, int]]:
+        """The (signal, strategy, seed) runs without a record (a missing selection counts as
+        pending runs of both signals)."""
+        out = []
+        for strategy in self.cfg.strategies:
+            for seed in self.cfg.all_seeds:
+                try:
+                    users = self.selection(strategy, seed, compute=False)
+                except FileNotFoundError:
+                    users = None
+                for signal, seeds in self.cfg.signal_seeds.items():
+                    if seed not in seeds:
+                        continue
+                    name = f"{strategy}_s{seed}"
+                    params = (self.llm_params(strategy, seed, users) if signal == "llm"
+                              else self.sasrec_params(seed, users)) if users is not None else None
+                    if params is None or self.records.get(signal, name, params) is None:
+                        out.append((signal, strategy, seed))
+        for seed in self.cfg.signal_seeds["sasrec"]:
+            if self.records.get("sasrec", f"{REFERENCE}_s{seed}", self.sasrec_params(seed, self.candidates)) is None:
+                out.append(("sasrec", REFERENCE, seed))
         return out
 
     def runs(self) -> None:
+        """Every pending run, strategy by strategy; each run's record is written as it finishes."""
+        seeds = self.cfg.signal_seeds
+        self.records.write_users("llm", self.test_user_ids())
+        pending = self.pending()
+        LOG.info("%d run(s) without a record in %s: %s", len(pending), self.records.root,
+                 ", ".join(f"{sig} {s} s{seed}" for sig, s, seed in pending) or "none")
         for strategy in self.cfg.strategies:
-            for seed in self.cfg.seeds:
+            for seed in self.cfg.all_seeds:
                 LOG.info("== run %s seed %d", strategy, seed)
                 users = self.selection(strategy, seed)
-                self.sasrec_run(strategy, seed, users)
-                self.llm_run(strategy, seed, users)
-        for seed in self.cfg.seeds:
+                if seed in seeds["sasrec"]:
+                    self.sasrec_run(strategy, seed, users)
+                if seed in seeds["llm"]:
+                    self.llm_run(strategy, seed, users)
+        for seed in seeds["sasrec"]:
             self.sasrec_run(REFERENCE, seed, self.candidates)
 
     # -- report -------------------------------------------------------------------------------
 
-    def collect(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Per-run rows of both signals (runs missing on disk raise)."""
-        llm_rows, sas_rows = [], []
-        for strategy in self.cfg.strategies:
-            for seed in self.cfg.seeds:
-                users = self.selection(strategy, seed)
-                run = self.run_dir(strategy, seed)
-                if not metrics_path(run / "result.json").is_file():
-                    raise FileNotFoundError(f"run {run} is not finished; run the study with --only runs first")
-                llm = self.llm_run(strategy, seed, users)
-                llm_rows.append({"strategy": strategy, "seed": seed, **llm, **self._timings(run)})
-                sas_rows.append({"strategy": strategy, "seed": seed, **self.sasrec_run(strategy, seed, users)})
-        for seed in self.cfg.seeds:
-            sas_rows.append({"strategy": REFERENCE, "seed": seed, **self.sasrec_run(REFERENCE, seed, self.candidates)})
-        return llm_rows, sas_rows
+    def collect(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        """Per-run rows of both signals and their per-user metrics, from the records only (a run
+        without a record raises)."""
+        seeds = self.cfg.signal_seeds
+        rows: dict[str, list[dict[str, Any]]] = {"llm": [], "sasrec": []}
+        per_user: dict[str, dict[str, dict[int, dict[str, Any]]]] = {"llm": {}, "sasrec": {}}
+        users_keys: dict[str, set[str]] = {"llm": set(), "sasrec": set()}
+        labels = [(s, s) for s in self.cfg.strategies] + [(REFERENCE, None)]
+        for label, strategy in labels:
+            for signal in ("llm", "sasrec"):
+                if strategy is None and signal == "llm":
+                    continue
+                for seed in seeds[signal]:
+                    name = f"{label}_s{seed}"
+                    users = self.selection(strategy, seed, compute=False) if strategy else self.candidates
+                    params = self.llm_params(label, seed, users) if signal == "llm" else self.sasrec_params(seed, users)
+                    rec = self.records.get(signal, name, params)
+                    if rec is None:
+                        raise FileNotFoundError(
+                            f"run {signal} {name} has no record in {self.records.root}; run the study with --only runs first")
+                    rows[signal].append({**_row(rec), "strategy": label, "seed": seed, **rec.get("timings", {})})
+                    users_keys[signal].add(rec["users_key"])
+                    per_user[signal].setdefault(label, {})[seed] = self.records.hit_ranks(signal, name, rec)
+        for signal, keys in users_keys.items():
+            if len(keys) > 1:
+                raise ValueError(f"the {signal} records were made on different test users; rerun the stale ones")
+        return rows["llm"], rows["sasrec"], per_user
+
+    def record_prune_timings(self) -> dict[str, float]:
+        """The pruning stages' seconds: the score manifests' (when there) merged into the record
+        folder's ``prune.json``, so that a report made from the records alone still has them."""
+        path = self.records.root / "prune.json"
+        t = read_json(path) if path.is_file() else {}
+        new = self.prune_timings()
+        if new and {**t, **new} != t:
+            t.update(new)
+            write_json(path, t)
+        return t
 
     def report(self, wall_seconds: float | None = None) -> Path:
         """Collect the rows and write REPORT.md, results.json and report.png (:func:`write_report`)."""
-        llm_rows, sas_rows = self.collect()
+        llm_rows, sas_rows, per_user = self.collect()
         facts = StudyFacts(len(self.candidates), self.pool.n_users, self.data.n_users, self.data.n_items,
-                           self.prune_timings())
-        return write_report(self.out, self.cfg, llm_rows, sas_rows, facts, wall_seconds)
+                           self.record_prune_timings())
+        return write_report(self.out, self.cfg, llm_rows, sas_rows, facts, wall_seconds, per_user=per_user)
 
 
 ONLY = ("prune", "embed", "runs", "report", "all")
@@ -439,10 +629,12 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
     study = Study(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out / "config.json", cfg.summary())
+    LOG.info("records: %s", cfg.records)
     if only == "embed":
         study.embed()
     if only in ("prune", "runs", "all"):
         study.prune()
+        study.record_prune_timings()
     if only in ("runs", "all"):
         study.runs()
     if only in ("report", "all"):

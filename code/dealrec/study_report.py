@@ -21,6 +21,7 @@ import torch
 
 from .io import LOG, atomic_path, write_json, write_text
 from .llm import model_id
+from .paired import metrics_from_ranks, paired_difference, verdict
 
 REPORT_KS = (10, 20)
 METRICS = tuple(f"{m}@{k}" for m in ("Recall", "NDCG") for k in REPORT_KS)
@@ -37,6 +38,9 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
 PAPER_NOTE = "BIGRec with LLaMA-7B, n = 1024, all test users, 4 GPUs (paper Table 2)"
 
 REFERENCE = "all candidates"  # SASRec trained on every candidate user (the full-data row)
+BASELINE = "random"  # what the paired table compares every strategy with
+PAIRED_METRICS = ("Recall@20", "NDCG@20")
+N_BOOT = 10_000
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -100,6 +104,57 @@ def plot_report(panels: dict[str, dict[str, dict[str, tuple[float, float]]]], pa
         fig.savefig(tmp, format="png")
 
 
+def paired_results(per_user: dict[str, dict[int, list[list[int]]]], baseline: str = BASELINE,
+                   metrics: Sequence[str] = PAIRED_METRICS, n_boot: int = N_BOOT) -> dict[str, dict[str, Any]]:
+    """{strategy: {metric: paired difference to ``baseline``}} from per-user hit ranks
+    (``per_user[strategy][seed]``, the same test users in the same order for every run): per seed
+    the per-user difference strategy − baseline, averaged over the seeds per user, with a
+    bootstrap 95 % interval of the mean, the per-seed means and their spread
+    (:func:`dealrec.paired.paired_difference`), the difference relative to the baseline's mean
+    and :func:`dealrec.paired.verdict`'s sentence. Empty without a baseline."""
+    if baseline not in per_user:
+        return {}
+
+    def values(runs: dict[int, list[list[int]]], metric: str) -> dict[int, np.ndarray]:
+        name, k = metric.split("@")
+        return {seed: metrics_from_ranks(ranks, int(k))[name] for seed, ranks in runs.items()}
+
+    out: dict[str, dict[str, Any]] = {}
+    for strategy, runs in per_user.items():
+        if strategy == baseline:
+            continue
+        out[strategy] = {}
+        for metric in metrics:
+            r = paired_difference(values(runs, metric), values(per_user[baseline], metric), n_boot=n_boot)
+            base = r["baseline_mean"]
+            r["relative"] = r["mean"] / base if base else math.nan
+            r["verdict"] = f"{metric}: " + verdict(r, strategy, baseline)
+            out[strategy][metric] = r
+    return out
+
+
+def paired_table(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> str:
+    """The Markdown table of :func:`paired_results` (one row per strategy and metric)."""
+    lines = [f"| strategy | metric | seeds | {baseline} | difference | 95 % interval | relative | "
+             "seed-to-seed std | per seed | verdict |",
+             "|" + "---|" * 10]
+    for strategy, by_metric in results.items():
+        for metric, r in by_metric.items():
+            rel = "–" if math.isnan(r["relative"]) else f"{r['relative']:+.0%}"
+            sd = "–" if math.isnan(r["seed_std"]) else f"{r['seed_std']:.4f}"
+            per_seed = ", ".join(f"{x:+.4f}" for x in r["seed_means"])
+            lines.append(f"| {strategy} | {metric} | {r['seeds']} | {r['baseline_mean']:.4f} | {r['mean']:+.4f} | "
+                         f"{r['low']:+.4f} … {r['high']:+.4f} | {rel} | {sd} | {per_seed} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def _paired_section(title: str, results: dict[str, dict[str, Any]], n_users: int) -> list[str]:
+    if not results:
+        return [f"### {title}", "", f"No `{BASELINE}` runs: nothing to pair with.", ""]
+    return [f"### {title}", "", f"{n_users} test users, each seed's runs paired on them.", "",
+            paired_table(results), ""]
+
+
 @dataclass(frozen=True)
 class StudyFacts:
     """What the report states about the data and the pruning besides the rows."""
@@ -111,13 +166,32 @@ class StudyFacts:
     prune_seconds: dict[str, float]  # seconds of each pruning stage (from the score manifests)
 
 
+def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]]) -> list[str]:
+    """One row per (strategy, seed) of either signal; – where a signal has no run for that seed."""
+    llm = {(r["strategy"], r["seed"]): r for r in llm_rows}
+    sas = {(r["strategy"], r["seed"]): r for r in sas_rows}
+    keys = list(dict.fromkeys([*llm, *sas]))
+    keys.sort(key=lambda k: [r["strategy"] for r in [*llm_rows, *sas_rows]].index(k[0]))
+
+    def cells(r: dict[str, Any] | None) -> str:
+        return " | ".join("–" if r is None else f"{r[m]:.4f}" for m in METRICS)
+
+    return ["| strategy | seed | " + " | ".join(f"LLM {m}" for m in METRICS) + " | "
+            + " | ".join(f"SASRec {m}" for m in METRICS) + " |",
+            "|" + "---|" * (2 + 2 * len(METRICS)),
+            *[f"| {s} | {seed} | {cells(llm.get((s, seed)))} | {cells(sas.get((s, seed)))} |" for s, seed in keys]]
+
+
 def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
-                 facts: StudyFacts, wall_seconds: float | None = None) -> Path:
+                 facts: StudyFacts, wall_seconds: float | None = None,
+                 per_user: dict[str, dict[str, dict[int, list[list[int]]]]] | None = None) -> Path:
     """``REPORT.md``, ``results.json`` and ``report.png`` under ``out`` from the per-run rows of both
-    signals; ``cfg``: the :class:`dealrec.study.StudyConfig` (its flat names and ``summary()``)."""
+    signals; ``cfg``: the :class:`dealrec.study.StudyConfig` (its flat names and ``summary()``);
+    ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the paired table (:func:`paired_results`)."""
     llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
     seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
-    seeds[REFERENCE] = len(cfg.seeds)
+    sas_seeds = {s: sum(1 for r in sas_rows if r["strategy"] == s) for s in sas_sum}
+    paired = {signal: paired_results(runs) for signal, runs in (per_user or {}).items()}
     paper = PAPER_TABLE2.get(cfg.data_name)
     n_candidates = facts.n_candidates
     n_test = llm_rows[0]["n_users"]
@@ -141,7 +215,8 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
         f"LLM: {model_id(cfg.base_model)}. Candidates: {n_candidates} eligible users among the first "
         f"{facts.pool_users} of {facts.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
-        f"seeds {list(cfg.seeds)} (the seed drives both the selection and the fine-tuning).",
+        f"seeds {list(cfg.seeds)} (LLM) and {list(cfg.signal_seeds['sasrec'])} (SASRec); the seed drives the "
+        "selection and the training.",
         "",
         "## Few-shot BIGRec (LLM signal)",
         "",
@@ -161,8 +236,18 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         f"({sas_rows[0]['n_test_users']} users, all {facts.n_items} items). `{REFERENCE}` trains on "
         f"every candidate ({n_candidates} users): the full-data reference.",
         "",
-        markdown_table(sas_sum, seeds),
+        markdown_table(sas_sum, sas_seeds),
         "",
+        f"## Paired differences to {BASELINE}",
+        "",
+        f"Per seed, each test user's {' and '.join(PAIRED_METRICS)} under a strategy minus under `{BASELINE}` "
+        "with the same seed (same test users, so the test-user noise cancels); the differences are averaged "
+        f"over the seeds per user, and the mean over users gets a percentile bootstrap 95 % interval ({N_BOOT:,} "
+        f"resamples of the users). `relative`: the difference over `{BASELINE}`'s mean; `seed-to-seed std`: the "
+        "spread of the per-seed mean differences (`per seed`), the noise that more test users do not remove.",
+        "",
+        *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
+        *_paired_section("SASRec on the selection", paired.get("sasrec", {}), sas_rows[0]["n_test_users"]),
         "## Wall-clock time per stage (seconds)",
         "",
         "Pruning (once, cached): " + (", ".join(f"{k} {v:.0f}" for k, v in prune_t.items()) or "–")
@@ -177,11 +262,7 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "",
         "## Per run",
         "",
-        "| strategy | seed | " + " | ".join(f"LLM {m}" for m in METRICS) + " | "
-        + " | ".join(f"SASRec {m}" for m in METRICS) + " |",
-        "|" + "---|" * (2 + 2 * len(METRICS)),
-        *[f"| {a['strategy']} | {a['seed']} | " + " | ".join(f"{a[m]:.4f}" for m in METRICS) + " | "
-          + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |" for a, b in zip(llm_rows, sas_rows)],
+        *_per_run_table(llm_rows, sas_rows),
         "",
         "## Configuration",
         "",
@@ -195,8 +276,10 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
     path = out / "REPORT.md"
     write_text(path, "\n".join(lines))
     write_json(out / "results.json", {"config": cfg.summary(), "llm": llm_rows, "sasrec": sas_rows,
-                                             "prune_seconds": prune_t, "stage_seconds_total": total,
-                                             "wall_seconds": wall_seconds})
+                                      "paired": {"baseline": BASELINE, "metrics": list(PAIRED_METRICS),
+                                                 "n_boot": N_BOOT, **paired},
+                                      "prune_seconds": prune_t, "stage_seconds_total": total,
+                                      "wall_seconds": wall_seconds})
     try:
         plot_report({"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum},
                     out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")

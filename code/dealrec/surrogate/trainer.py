@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import RecData
 from ..io import LOG, Timer
-from ..metrics import DEFAULT_KS, topk_from_scores, topk_metrics
+from ..metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
 from .objective import objective_of, trim_exact
 from .samples import DEFAULT_BUCKET_OVERHEAD, EvalInputs, _pad_right, build_eval, trim_left
 
@@ -84,13 +84,18 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
     seconds_per_eval: float = 0.0
+    # per test user (``test_users``: 0-based ids, the order of the evaluation), the 0-based rank of
+    # each target in the top max(ks), or -1 (:func:`evaluate_per_user`)
+    test_users: list[int] = field(default_factory=list)
+    test_hit_ranks: list[list[int]] = field(default_factory=list)
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, ev: EvalInputs, ks=DEFAULT_KS, batch_size: int = 2048, device="cpu", trim: bool = True
-) -> dict:
-    """Full ranking over all items (row 0 = padding is never ranked).
+def rank_users(
+    model: torch.nn.Module, ev: EvalInputs, k: int, batch_size: int = 2048, device="cpu", trim: bool = True
+) -> torch.Tensor:
+    """[users, k] the top-``k`` items (1-based ids, best first) of every user of ``ev``, full
+    ranking over all items (row 0 = padding is never ranked), seen items masked.
 
     Users are scored in batches of similar history length, each trimmed to its longest history
     (exact: positions are right-aligned and padding keys masked); users without any history
@@ -102,11 +107,11 @@ def evaluate(
     trim = trim and trim_exact(model)
     emb = model.item_embeddings.weight
     n = len(ev.users)
+    ranked = torch.zeros(n, k, dtype=torch.long)
     if not n:
-        return topk_metrics(torch.zeros(0, max(ks), dtype=torch.long), [], ks)
+        return ranked
     lengths = (ev.input_ids > 0).sum(1)
     order = torch.sort(lengths, stable=True).indices
-    ranked = torch.zeros(n, max(ks), dtype=torch.long)
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
         ids = ev.input_ids[rows]
@@ -117,8 +122,29 @@ def evaluate(
         exclude[:, 0] = True
         seen = _pad_right([ev.exclude[r] for r in rows.tolist()]).to(device)
         exclude.scatter_(1, seen, True)  # padding 0 is masked anyway
-        ranked[rows] = topk_from_scores(scores, max(ks), exclude).cpu()
-    return topk_metrics(ranked, ev.targets, ks)
+        ranked[rows] = topk_from_scores(scores, k, exclude).cpu()
+    return ranked
+
+
+def evaluate(
+    model: torch.nn.Module, ev: EvalInputs, ks=DEFAULT_KS, batch_size: int = 2048, device="cpu", trim: bool = True
+) -> dict:
+    """Recall/NDCG/Precision/MRR@``ks`` of the full ranking (:func:`rank_users`) over the users of ``ev``."""
+    if not len(ev.users):
+        return topk_metrics(torch.zeros(0, max(ks), dtype=torch.long), [], ks)
+    return topk_metrics(rank_users(model, ev, max(ks), batch_size, device, trim), ev.targets, ks)
+
+
+def evaluate_per_user(
+    model: torch.nn.Module, ev: EvalInputs, ks=DEFAULT_KS, batch_size: int = 2048, device="cpu", trim: bool = True
+) -> tuple[dict, list[list[int]]]:
+    """:func:`evaluate`'s metrics (the same numbers) and, per user of ``ev`` (in ``ev.users``'
+    order), the 0-based rank of each target within the top max(``ks``), or -1
+    (:func:`dealrec.metrics.hit_ranks`): what the study's paired statistics need."""
+    if not len(ev.users):
+        return topk_metrics(torch.zeros(0, max(ks), dtype=torch.long), [], ks), []
+    ranked = rank_users(model, ev, max(ks), batch_size, device, trim)
+    return topk_metrics(ranked, ev.targets, ks), hit_ranks(ranked, ev.targets)
 
 
 def eval_sets(data: RecData, max_len: int = 50) -> tuple[EvalInputs, EvalInputs]:
@@ -193,10 +219,11 @@ def train_surrogate(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history) - 1
-    test_metrics = evaluate(model, test, cfg.ks, device=device)
+    test_metrics, test_ranks = evaluate_per_user(model, test, cfg.ks, device=device)
     if not best_valid:
         best_valid = evaluate(model, valid, cfg.ks, device=device)
     LOG.info("surrogate best epoch %d, test Recall %s NDCG %s", best_epoch, test_metrics["Recall"], test_metrics["NDCG"])
     return TrainResult(
-        best_epoch, best_valid, test_metrics, history, t_epoch / max(len(history), 1), t_eval / max(n_eval, 1)
+        best_epoch, best_valid, test_metrics, history, t_epoch / max(len(history), 1), t_eval / max(n_eval, 1),
+        test_users=[int(u) for u in test.users], test_hit_ranks=test_ranks,
     )

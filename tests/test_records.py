@@ -1,0 +1,51 @@
+"""The study's run records: keys, per-user files, compact JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dealrec.io import read_json
+from dealrec.records import Records, users_key, write_record_json
+
+
+def test_a_record_is_found_only_with_its_key_and_its_per_user_file(tmp_path):
+    rec = Records(tmp_path / "r")
+    params = {"seed": 0, "n": 8, "nested": {"lr": 2e-3}}
+    assert rec.get("llm", "dealrec_s0", params) is None
+    put = rec.put("llm", "dealrec_s0", params, {"Recall@20": 0.5}, [[0], [-1, 3]], [4, 9])
+    got = rec.get("llm", "dealrec_s0", params)
+    assert got == put and got["Recall@20"] == 0.5 and got["params"] == params
+    assert got["users_key"] == users_key([4, 9])
+    assert rec.hit_ranks("llm", "dealrec_s0", got) == [[0], [-1, 3]]
+    assert rec.get("llm", "dealrec_s0", {**params, "seed": 1}) is None  # another configuration
+    rec.hits_path("llm", "dealrec_s0").unlink()
+    assert rec.get("llm", "dealrec_s0", params) is None  # a signal's record needs its per-user file
+    # a selection record has no per-user file; names with spaces get dashes
+    rec.put("selection", "all candidates_s0", params, {"indices": [1, 2]})
+    assert (tmp_path / "r" / "selection" / "all-candidates_s0.json").is_file()
+    assert rec.get("selection", "all candidates_s0", params)["indices"] == [1, 2]
+    with pytest.raises(ValueError, match="same order"):
+        rec.put("sasrec", "x", params, {}, [[0]], [1, 2])
+
+
+def test_per_user_file_must_match_the_record_users(tmp_path):
+    rec = Records(tmp_path)
+    a = rec.put("sasrec", "a", {"k": 1}, {}, [[0]], [1])
+    rec.put("sasrec", "b", {"k": 2}, {}, [[1]], [2])
+    rec.hits_path("sasrec", "b").replace(rec.hits_path("sasrec", "a"))
+    with pytest.raises(ValueError, match="other test users"):
+        rec.hit_ranks("sasrec", "a", a)
+
+
+def test_users_file_and_compact_json(tmp_path):
+    rec = Records(tmp_path)
+    key = rec.write_users("llm", [3, 1, 2])
+    assert key == users_key([3, 1, 2]) and rec.read_users("llm") == [3, 1, 2]
+    assert (tmp_path / "users" / "llm.json").read_text().count("\n") == 1  # one line
+    write_record_json(tmp_path / "x.json", {"a": [1, 2.5, -1, None], "b": {"c": [[1, 2], [3]]}, "s": ["x", "y"]})
+    text = (tmp_path / "x.json").read_text()
+    assert '"a": [1, 2.5, -1, null]' in text and "[1, 2]" in text
+    assert read_json(tmp_path / "x.json") == json.loads(text) == {"a": [1, 2.5, -1, None], "b": {"c": [[1, 2], [3]]},
+                                                                 "s": ["x", "y"]}
