@@ -41,7 +41,9 @@ PROCESSOR_FIELDS = {
     "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "exponential_decay_length_penalty": (None,),
     "sequence_bias": (None,), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0.0),
-    "constraints": (None,), "force_words_ids": (None,),
+    "constraints": (None,), "force_words_ids": (None,), "early_stopping": (None, False),
+    "renormalize_logits": (None, False), "remove_invalid_values": (None, False), "stop_strings": (None,),
+    "max_time": (None,),
 }
 
 

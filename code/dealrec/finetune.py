@@ -94,8 +94,9 @@ class FinetuneConfig:
         d = asdict(self)
         for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
             d.pop(k)
-        if d["precision"] == "fp32":  # the keys of adapters trained before the option existed
-            d.pop("precision")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cpu_precision(self.precision, device, "--train_precision", auto=TRAIN_AUTO, warn=False) == "fp32":
+            d.pop("precision")  # what ran decides (and the keys of adapters made before the option stay)
         d["base_model"] = model_id(self.base_model)
         d["train_hash"] = file_hash(self.train_file) if Path(self.train_file).is_file() else None
         d["val_hash"] = file_hash(self.val_file) if self.val_file and Path(self.val_file).is_file() else None
@@ -308,6 +309,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
         "best_eval_loss": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "seconds": round(t.seconds, 1),
+        "precision_ran": "bf16 autocast" if cpu_bf16 else str(dtype).replace("torch.", ""),
         "log_history": history,
     }
     if trainer.is_world_process_zero():

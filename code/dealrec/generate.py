@@ -35,7 +35,6 @@ from .prompts import prompt_of
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
 GEN_ENGINES = ("auto", "fast", "hf")
-GEN_PRECISIONS = ("fp32", "bf16", "auto")
 GEN_AUTO = "fp32"  # what --gen_precision auto runs (bf16 changes some answers: README "Performance")
 
 
@@ -65,14 +64,6 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if cfg_eos is not None:  # transformers stops on the generation config's EOS ids too
-        ids.update(cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos])
-    return sorted(i for i in ids if i is not None)
-
-
 def bf16_copy(model: Any) -> Any:
     """A bf16 copy of ``model`` for inference, a LoRA adapter merged into its weights."""
     model = copy.deepcopy(model)
@@ -86,7 +77,9 @@ def _fast_runner(model: Any, tokenizer: Any, seqs: list[list[int]], num_beams: i
     """A batch function for :func:`dealrec.beam.beam_search` with the prefix of all ``seqs`` cached."""
     from .beam import beam_search, shared_prefix
 
-    eos = _eos_ids(tokenizer, model)
+    eos = [tokenizer.eos_token_id]  # what the reference path stops on (its GenerationConfig sets it)
+    lp = getattr(getattr(model, "generation_config", None), "length_penalty", None)
+    lp = 1.0 if lp is None else float(lp)  # the reference inherits the model's value, else 1.0
     if precision == "bf16":
         model = bf16_copy(model)
     with torch.no_grad():
@@ -95,7 +88,8 @@ def _fast_runner(model: Any, tokenizer: Any, seqs: list[list[int]], num_beams: i
              len(prefix.ids) if prefix else 0, precision)
 
     def run(batch: list[list[int]]) -> list[str]:
-        out = beam_search(model, batch, num_beams, max_new_tokens, eos, tokenizer.pad_token_id, prefix)
+        out = beam_search(model, batch, num_beams, max_new_tokens, eos, tokenizer.pad_token_id, prefix,
+                          length_penalty=lp)
         return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     return run
@@ -111,7 +105,7 @@ def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_confi
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
-def resolve_engine(engine: str, model: Any, gen_config: Any = None) -> str:
+def resolve_engine(engine: str, model: Any) -> str:
     """``auto`` = the prefill-once path (:mod:`dealrec.beam`) on a CPU, transformers' on a GPU.
 
     The fast path is also refused for a quantized model and for a model whose generation config
@@ -165,7 +159,10 @@ def generate(
     if num_beams < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("num_beams, max_new_tokens and batch_size must be positive")
     engine = resolve_engine(engine, model)
-    precision = cpu_precision(precision, _model_device(model), "--gen_precision", auto=GEN_AUTO) if engine == "fast" else "fp32"
+    precision = cpu_precision(precision, _model_device(model), "--gen_precision", auto=GEN_AUTO)
+    if engine == "hf" and precision == "bf16":
+        LOG.warning("--gen_precision bf16 applies to the fast engine only; transformers' path runs the model as loaded")
+        precision = "fp32"
     gen_config = GenerationConfig(
         num_beams=num_beams,
         num_return_sequences=1,
@@ -223,16 +220,31 @@ class InferenceConfig:
     cutoff_len: int = 512
     quantization: str | None = None
     engine: str = "auto"  # GEN_ENGINES: auto = the prefill-once path on a CPU, transformers' on a GPU
-    precision: str = "fp32"  # GEN_PRECISIONS (the fast path only)
+    precision: str = "fp32"  # fp32 | bf16 | auto (the fast engine only; bf16 where the CPU has it natively)
     overwrite: bool = False
     progress: bool = True
+
+    def resolved_precision(self) -> str:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cpu_precision(self.precision, device, "--gen_precision", auto=GEN_AUTO, warn=False)
+
+    def validate(self) -> None:
+        """Bad values of the options, before any work."""
+        if self.engine not in GEN_ENGINES:
+            raise ValueError(f"--gen_engine must be one of {GEN_ENGINES}, got {self.engine!r}")
+        cpu_precision(self.precision, "cpu", "--gen_precision", warn=False)
+        if self.num_beams < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("--num_beams, --max_new_tokens and --batch_size must be positive")
 
     def key(self) -> dict[str, Any]:
         from .llm import model_id
 
         d = asdict(self)
-        for k in ("result_file", "overwrite", "progress", "batch_size"):
+        # the engine, like the batch size, changes only the float summation order
+        for k in ("result_file", "overwrite", "progress", "batch_size", "engine"):
             d.pop(k)
+        if self.resolved_precision() == "fp32":  # keys of results made before the option existed
+            d.pop("precision")
         d["test_file"] = file_hash(self.test_file) if Path(self.test_file).is_file() else self.test_file
         d["base_model"] = model_id(self.base_model)
         if self.lora_weights:
@@ -307,6 +319,7 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
     import torch.distributed as dist
 
     result = Path(cfg.result_file)
+    cfg.validate()
     key = cfg.key()
     rank, world, device, created = dist_setup()
     try:
@@ -348,10 +361,11 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
                 fh.flush()
                 os.fsync(fh.fileno())
 
+        engine = resolve_engine(cfg.engine, model)
+        precision = cpu_precision(cfg.precision, device, "--gen_precision", auto=GEN_AUTO) if engine == "fast" else "fp32"
         generate(
             model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
-            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save, engine=cfg.engine,
-            precision=cfg.precision,
+            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save, engine=engine, precision=precision,
         )
         gathered: list[Any] = [new]
         if world > 1:
@@ -374,7 +388,8 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
             if tm.is_file():
                 data_name = read_json(tm).get("data_name")
             write_json(result, records)
-            write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg))
+            write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg),
+                           engine_ran=engine, precision_ran=precision)
             for f in _partial_files(result):
                 f.unlink()
             pmanifest.unlink(missing_ok=True)

@@ -58,11 +58,12 @@ def describe() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
 
-def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: str = "fp32") -> str:
-    """The precision an inference stage runs in: ``fp32`` or ``bf16`` (bf16 only on a CPU that
-    multiplies it natively). ``auto`` means ``auto`` (the stage's measured choice; bf16 only where
-    native). bf16 asked where it is not native warns and runs fp32; on a GPU the model's own dtype
-    is kept (``fp32`` returned: no CPU-side cast)."""
+def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: str = "fp32",
+                  warn: bool = True) -> str:
+    """The precision a CPU stage runs in: ``fp32`` or ``bf16`` (bf16 only on a CPU that multiplies
+    it natively). ``auto`` runs the stage's measured choice (``auto=``), bf16 only where native.
+    bf16 asked where it is not native warns (``warn``) and runs fp32; on a GPU the model's own
+    dtype is kept (``fp32`` returned: no CPU-side cast)."""
     import logging
     import warnings
 
@@ -72,7 +73,7 @@ def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: s
         return "fp32"
     want = auto if requested == "auto" else requested
     if want == "bf16" and not native_bf16():
-        if requested == "bf16":
+        if requested == "bf16" and warn:
             msg = (f"{flag} bf16: this CPU ({cpu_name()}) has no native bf16 (no avx512_bf16/amx_bf16 flag), "
                    "where bf16 is emulated and slower; using fp32")
             warnings.warn(msg, stacklevel=2)

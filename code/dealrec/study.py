@@ -55,7 +55,8 @@ from .fewshot import build_examples, write_fewshot
 from .finetune import FinetuneConfig, is_done
 from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
-from .ground import POOLING, evaluate_results
+from .ground import GROUND_AUTO, POOLING, evaluate_results
+from .hardware import cpu_precision
 from .io import LOG, Timer, cache_key, cached, file_hash, read_json, tensor_hash, write_json, write_manifest
 from .llm import model_id
 from .presets import DEFAULT_STRATEGIES
@@ -115,6 +116,9 @@ STUDY_ALIASES: dict[str, Alias] = {
     "num_beams": Alias(("generate.num_beams",)),
     "max_new_tokens": Alias(("generate.max_new_tokens",)),
     "gen_batch_size": Alias(("generate.batch_size",)),
+    "gen_engine": Alias(("generate.engine",), note="auto | fast (prefill once, CPU default) | hf (transformers')"),
+    "gen_precision": Alias(("generate.precision",), note="fp32 | bf16 (fast engine, CPU with native bf16) | auto"),
+    "train_precision": Alias(("finetune.precision",), note="fp32 | bf16 autocast (CPU with native bf16) | auto"),
 }
 
 # The order of the flat configuration in config.json and REPORT.md (as before the sections).
@@ -123,7 +127,8 @@ SUMMARY_ORDER = (
     "base_model", "device", "lamda", "k", "hard_prune", "prune_seed", "surrogate_epochs", "recursion_depth",
     "cutoff_len", "batch_size", "micro_batch_size", "num_epochs", "learning_rate", "warmup_steps", "train_on_inputs",
     "max_steps", "val_set_size", "eval_steps", "num_beams", "max_new_tokens", "gen_batch_size", "max_items",
-    "sasrec_seeds", "sasrec_epochs", "sasrec_eval_every", "sasrec_patience", "record_dir",
+    "sasrec_seeds", "sasrec_epochs", "sasrec_eval_every", "sasrec_patience", "record_dir", "gen_engine",
+    "gen_precision", "train_precision", "ground_precision",
 )
 
 # The study's defaults where they differ from the stage configurations' own (a CPU-sized run).
@@ -144,6 +149,7 @@ class StudyConfig(FlatView):
     test_users: int | None = None  # a fixed random sample of N test users (None: all)
     test_seed: int = 0
     max_items: int | None = None  # rank among the first N items + targets (None: the whole catalogue)
+    ground_precision: str = "fp32"  # embeddings for grounding: fp32 | bf16 (CPU with native bf16) | auto
     # the run records (selections, metrics, per-user hit ranks): None = docs/study/<preset> for a
     # named preset (relative to the working directory; bench/reproduce.py anchors it at the
     # repository), else <out>/records
@@ -418,14 +424,22 @@ class Study:
             ft.pop(k, None)
         ft["base_model"] = model_id(ft["base_model"])
         ft["seed"] = seed
+        if "precision" not in cfg.finetune.key():  # as the adapter's own key: fp32 runs stay keyed as before
+            ft.pop("precision", None)
         gen = dataclasses.asdict(cfg.generate)
-        for k in ("test_file", "result_file", "lora_weights", "overwrite", "progress", "batch_size", "max_test_users"):
+        for k in ("test_file", "result_file", "lora_weights", "overwrite", "progress", "batch_size", "max_test_users",
+                  "engine"):
             gen.pop(k, None)
+        if cfg.generate.resolved_precision() == "fp32":
+            gen.pop("precision", None)
+        ground = {"model": model_id(cfg.base_model), "pooling": POOLING, "distance": "L2"}
+        if cpu_precision(cfg.ground_precision, cfg.device, "--ground_precision", auto=GROUND_AUTO, warn=False) != "fp32":
+            ground["precision"] = "bf16"
         gen["base_model"] = model_id(gen["base_model"])
         return {"data_name": cfg.data_name, "train": self.train_hash, "strategy": strategy, "seed": seed,
                 "selection": cache_key({"u": users}), "n_selected": len(users), "finetune": ft, "generate": gen,
                 "test_users": users_key(self.test_user_ids()), "max_items": cfg.max_items,
-                "ground": {"model": model_id(cfg.base_model), "pooling": POOLING, "distance": "L2"}}
+                "ground": ground}
 
     def sasrec_params(self, seed: int, users: list[int]) -> dict[str, Any]:
         """What determines a SASRec run: the data, the training users, the training settings."""
@@ -496,7 +510,8 @@ class Study:
             self._timings(run, generate=t.seconds)
         with Timer() as t:
             report = evaluate_results(icfg.result_file, self.data, cfg.base_model, device=cfg.device,
-                                      max_items=cfg.max_items, model=self.base, tokenizer=self.tokenizer)
+                                      max_items=cfg.max_items, model=self.base, tokenizer=self.tokenizer,
+                                      precision=cfg.ground_precision)
         timings = self._timings(run, ground=t.seconds)
         per_user = report.pop("per_user")
         if per_user["users"] != self.test_user_ids():

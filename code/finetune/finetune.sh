@@ -12,7 +12,8 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # alpaca-lora-7B; its rank, alpha and target modules must equal the run's --lora_r, --lora_alpha,
 # --lora_target_modules, or LORA_R, LORA_ALPHA, LORA_TARGET_MODULES when set: no defaults here,
 # FinetuneConfig's apply), GPU_IDS (all visible), DATA_DIR (folder holding <data_name>/;
-# default: the repository's data/).
+# default: the repository's data/), INFERENCE_ARGS / EVALUATE_ARGS (extra options of inference.py /
+# evaluate.py, e.g. INFERENCE_ARGS="--gen_precision bf16" EVALUATE_ARGS="--ground_precision bf16").
 # Outputs (relative to this folder): data/<data>/, model/<data>/<seed>_<n>/,
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
 set -euo pipefail
@@ -78,10 +79,12 @@ for SEED in $SEEDS; do
     INF_ARGS=(--base_model "$BASE_MODEL" "${PRESET_ARGS[@]}" --lora_weights "model/$DATASET/$RUN"
               --test_data_path "data/$DATASET/test/test.json" --result_json_data "results/$DATASET/$RUN.json"
               --log_file "$LOG_DIR/inference_$RUN.log")
-    "${GEN_LAUNCH[@]}" inference.py "${INF_ARGS[@]}"
+    # shellcheck disable=SC2086
+    "${GEN_LAUNCH[@]}" inference.py "${INF_ARGS[@]}" ${INFERENCE_ARGS:-}
 
     # 4. grounding + metrics (base model, no adapter)
     EV_ARGS=(--base_model "$BASE_MODEL" "${PRESET_ARGS[@]}" --log_file "$LOG_DIR/evaluate_$RUN.log")
     [[ -n "${DATA_DIR:-}" ]] && EV_ARGS+=(--data_dir "$DATA_DIR")
-    bash data/evaluate.sh "results/$DATASET/$RUN.json" "$GPU" "$DATASET" "${EV_ARGS[@]}"
+    # shellcheck disable=SC2086
+    bash data/evaluate.sh "results/$DATASET/$RUN.json" "$GPU" "$DATASET" "${EV_ARGS[@]}" ${EVALUATE_ARGS:-}
 done
