@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from dealrec.io import resolve_device, setup_logging
+    from dealrec.io import discard_log, resolve_device, setup_logging
     from dealrec.study import StudyConfig, run_study
 
     fields = {f.name for f in dataclasses.fields(StudyConfig)} - {"preset", "device"}
@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = StudyConfig.from_preset(args.preset, **overrides)
         log_file = args.log_file or cfg.out / "logs" / time.strftime(f"study-{args.only}_%Y%m%d-%H%M%S.log")
-        log = setup_logging(log_file)
+        log = setup_logging(log_file, defer=args.log_file is None)  # inside --out_dir: once the inputs passed
         log.info("reproduce %s", " ".join(sys.argv[1:] if argv is None else argv))
         path = run_study(cfg, args.only)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
+        discard_log()
         print(f"error: {e}", file=sys.stderr)
         return 2
     if path:

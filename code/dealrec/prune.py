@@ -22,14 +22,16 @@ from typing import Any
 
 import torch
 
-from .data import RecData, load_dataset
+from .data import DataError, RecData, load_dataset
 from .fewshot import build_examples
 from .io import (
     LOG,
     Timer,
     cache_key,
     cached,
+    check_writable,
     file_hash,
+    load_checked,
     load_tensor,
     save_tensor,
     tensor_hash,
@@ -37,6 +39,7 @@ from .io import (
     write_manifest,
 )
 from .llm import model_id
+from .locking import output_lock
 from .scores.baselines import el2n_scores, grand_scores
 from .scores.effort import EffortConfig, EffortModel, effort_scores
 from .scores.influence import InfluenceConfig, influence_scores
@@ -122,6 +125,18 @@ class PruneConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name} {path}: no such file")
+        _check_given_files(self)
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("eval_every", 0), ("cutoff_len", 8),
+                          ("lora_r", 1), ("lora_alpha", 1), ("effort_batch_tokens", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        uses_llm = self.stage == "effort" or (self.stage in ("all", "select") and "effort" in NEEDS.get(self.strategy, ()))
+        if uses_llm and not self.effort_scores:
+            from .llm import check_model_folder
+
+            check_model_folder(self.base_model)
         self.surrogate_config()  # raises on an unknown --surrogate_batching
         InfluenceConfig(**self._influence_kwargs()).validate()
         if self.influence_params:  # names checked on a one-item skeleton of the surrogate (milliseconds)
@@ -169,6 +184,31 @@ class PruneConfig:
         )
 
 
+def _check_given_files(cfg: PruneConfig) -> None:
+    """The files given with --surrogate_checkpoint/--influence_scores/--effort_scores are what they
+    should be (one line naming the flag otherwise; their sizes are checked against the data later)."""
+    if cfg.surrogate_checkpoint:
+        state = load_checked(cfg.surrogate_checkpoint, "--surrogate_checkpoint",
+                             "a surrogate checkpoint (a state_dict saved by prune.py, e.g. scores/<data>/surrogate.pt)")
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(
+                f"--surrogate_checkpoint {cfg.surrogate_checkpoint}: expected a state_dict (a dict of tensors, e.g. "
+                f"scores/<data>/surrogate.pt), found a {type(state).__name__}"
+            )
+    for name in ("influence_scores", "effort_scores"):
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        s = load_checked(path, f"--{name}", f"a score file (a 1-D tensor saved by prune.py, e.g. scores/<data>/"
+                                            f"{name.split('_')[0]}.pt)")
+        if not isinstance(s, torch.Tensor) or s.dim() != 1 or not s.is_floating_point():
+            what = f"a {type(s).__name__}" if not isinstance(s, torch.Tensor) else f"a {s.dim()}-D {s.dtype} tensor"
+            raise ValueError(f"--{name} {path}: expected a 1-D float tensor of per-user scores, found {what}")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"--{name} {path}: {int((~torch.isfinite(s)).sum())} score(s) are NaN or infinite; "
+                             "compute the scores again")
+
+
 def _data_key(cfg: PruneConfig, data: RecData) -> dict:
     return {
         "data_name": cfg.data_name,
@@ -207,7 +247,7 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
     model = build_surrogate(cfg.surrogate, data.n_items, scfg)
     path = _surrogate_file(cfg)
     if cfg.surrogate_checkpoint:
-        state = torch.load(cfg.surrogate_checkpoint, map_location="cpu", weights_only=True)
+        state = load_checked(cfg.surrogate_checkpoint, "--surrogate_checkpoint", "a surrogate checkpoint (state_dict)")
         if not isinstance(state, dict):
             raise ValueError(f"--surrogate_checkpoint {cfg.surrogate_checkpoint}: expected a state_dict")
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -291,6 +331,8 @@ def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
     hand-made ``train_49156.json``."""
     from .llm import load_tokenizer
 
+    cfg.validate()
+    check_writable(Path(path).parent, "--write_prompts")
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     examples = build_examples(data, range(data.n_users), "train", load_tokenizer(cfg.base_model), cfg.cutoff_len)
     write_json(path, examples)
@@ -416,6 +458,19 @@ def run(cfg: PruneConfig) -> dict:
     stage = cfg.stage
     if stage in ("all", "select"):
         check_budget(cfg, data)
+    if not int(eligible_mask(data).sum()) and stage != "effort":
+        scope = f"the first {cfg.max_users} users of " if cfg.max_users else ""
+        raise DataError(f"no user of {scope}{data.root / 'sequential_train.txt'} has ≥ 3 training items: the surrogate "
+                        "has no target to learn or score (check the file, or raise --max_users)")
+    check_writable(cfg.scores_path, "--score_dir")
+    if stage in ("all", "select"):
+        check_writable(cfg.selected_dir, "--selected_dir")
+    with output_lock(cfg.scores_path, flag="--score_dir"):
+        return _run_stages(cfg, data)
+
+
+def _run_stages(cfg: PruneConfig, data: RecData) -> dict:
+    stage = cfg.stage
     needs = set(NEEDS.get(cfg.strategy, ())) if stage in ("all", "select") else {stage}
     model = None
     if "baselines" in needs or ("influence" in needs and not cfg.influence_scores) or stage == "surrogate":

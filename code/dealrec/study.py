@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import faults
 from .data import load_dataset
 from .fewshot import build_examples, write_fewshot
 from .finetune import FinetuneConfig, is_done
@@ -46,6 +47,7 @@ from .io import (
     atomic_path,
     cache_key,
     cached,
+    check_writable,
     file_hash,
     read_json,
     save_tensor,
@@ -54,6 +56,7 @@ from .io import (
     write_text,
 )
 from .llm import model_id
+from .locking import output_lock
 from .prune import (
     NEEDS,
     STABLE,
@@ -182,6 +185,14 @@ class StudyConfig:
                 raise ValueError(f"--{name} must be > 0 (or omitted), got {v}")
         if self.micro_batch_size <= 0 or self.batch_size < self.micro_batch_size:
             raise ValueError(f"--batch_size {self.batch_size} must be ≥ --micro_batch_size {self.micro_batch_size} > 0")
+        for name in ("num_beams", "max_new_tokens", "gen_batch_size", "sasrec_epochs", "surrogate_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("num_epochs", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be -1 (off) or ≥ 1, got {self.max_steps}")
         self.prune_config().validate()
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
@@ -348,14 +359,16 @@ class Study:
         needs = set(NEEDS.get(strategy, ("influence", "effort", "baselines")))
         tag = f"{pcfg.negatives}-{pcfg.effort_target}-{'-'.join(sorted(needs))}"
         if tag not in self._scores:
-            model = load_or_train_surrogate(pcfg, self.pool) if needs & {"influence", "baselines"} else None
-            s: dict[str, torch.Tensor] = {}
-            if "influence" in needs:
-                s["influence"] = compute_influence(pcfg, self.pool, model)
-            if "effort" in needs:
-                s["effort"] = compute_effort(pcfg, self.pool)
-            if "baselines" in needs:
-                s.update(compute_baselines(pcfg, self.pool, model))
+            # shared by parallel study processes (--only prune / runs): one computes, the others wait and reuse
+            with output_lock(pcfg.scores_path, flag="--out_dir", wait=True):
+                model = load_or_train_surrogate(pcfg, self.pool) if needs & {"influence", "baselines"} else None
+                s: dict[str, torch.Tensor] = {}
+                if "influence" in needs:
+                    s["influence"] = compute_influence(pcfg, self.pool, model)
+                if "effort" in needs:
+                    s["effort"] = compute_effort(pcfg, self.pool)
+                if "baselines" in needs:
+                    s.update(compute_baselines(pcfg, self.pool, model))
             self._scores[tag] = ScoreSet(**s, eligible=self.eligible)
         return self._scores[tag]
 
@@ -418,6 +431,10 @@ class Study:
 
     def llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
         """Few-shot fine-tune, generate, ground and score one run (BIGRec, paper §5.1)."""
+        with output_lock(self.run_dir(strategy, seed), flag="--out_dir", wait=True):
+            return self._llm_run(strategy, seed, users)
+
+    def _llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
         cfg = self.cfg
         run = self.run_dir(strategy, seed)
         paths = write_fewshot(self.data, users, run / "fewshot", self.tokenizer, cfg.cutoff_len, n_label=cfg.n,
@@ -459,6 +476,13 @@ class Study:
                "users": cache_key({"u": sorted(users)}), "config": dataclasses.asdict(scfg)}
         if cached(path, key):
             return read_json(path)
+        with output_lock(path, flag="--out_dir", wait=True):  # the reference row is run by every --only runs process
+            if cached(path, key):
+                return read_json(path)
+            return self._sasrec_train(path, key, scfg, users)
+
+    def _sasrec_train(self, path: Path, key: dict, scfg: SurrogateConfig, users: list[int]) -> dict[str, Any]:
+        cfg = self.cfg
         model = build_surrogate("SASRec", self.data.n_items, scfg)
         with Timer() as t:
             res = train_surrogate(model, self.data, scfg, cfg.device, train_users=sorted(users))
@@ -475,6 +499,7 @@ class Study:
                 users = self.selection(strategy, seed)
                 self.sasrec_run(strategy, seed, users)
                 self.llm_run(strategy, seed, users)
+                faults.step("study")
         for seed in self.cfg.seeds:
             self.sasrec_run(REFERENCE, seed, self.candidates)
 
@@ -599,6 +624,7 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
         raise ValueError(f"--only must be one of {', '.join(ONLY)}; got {only!r}")
     start = time.time()
     study = Study(cfg)
+    check_writable(cfg.out, "--out_dir")
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out / "config.json", dataclasses.asdict(cfg))
     if only == "embed":

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from dealrec.finetune import FinetuneConfig, train
-from dealrec.io import setup_logging
+from dealrec.io import discard_log, setup_logging
 from dealrec.llm import ModelError, parse_modules
 
 
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     rank = int(os.environ.get("RANK", 0))
-    log = setup_logging((a.log_file or Path(a.output_dir) / "finetune.log") if rank == 0 else None)
+    log = setup_logging((a.log_file or Path(a.output_dir) / "finetune.log") if rank == 0 else None,
+                        defer=a.log_file is None)  # inside --output_dir: written once the inputs passed
     cfg = FinetuneConfig(
         train_file=first(a.train_data_path), val_file=first(a.val_data_path), output_dir=a.output_dir,
         base_model=a.base_model, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("fine-tuning with %s", cfg)
     try:
         res = train(cfg)
-    except (ModelError, FileNotFoundError, ValueError) as e:
+    except (ModelError, OSError, ValueError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     m = res.manifest
     if rank == 0:

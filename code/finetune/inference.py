@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from dealrec.generate import InferenceConfig, run_inference
-from dealrec.io import setup_logging
+from dealrec.io import discard_log, setup_logging
 from dealrec.llm import ModelError
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", 0))
     result = Path(a.result_json_data)
     log_file = a.log_file or result.with_name(result.stem + ".inference.log")
-    log = setup_logging(log_file if rank == 0 else None)
+    log = setup_logging(log_file if rank == 0 else None, defer=a.log_file is None)
     cfg = InferenceConfig(
         test_file=a.test_data_path, result_file=a.result_json_data, base_model=a.base_model,
         lora_weights=a.lora_weights, num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         records = run_inference(cfg)
-    except (ModelError, FileNotFoundError, ValueError) as e:
+    except (ModelError, OSError, ValueError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     if records is not None:
         print(f"{len(records)} answers written to {result}")
