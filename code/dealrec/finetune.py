@@ -100,6 +100,8 @@ class FinetuneConfig:
                           ("logging_steps", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+        if self.batch_size < self.micro_batch_size:
+            raise ValueError(f"--batch_size {self.batch_size} must be ≥ --micro_batch_size {self.micro_batch_size}")
         if not self.num_epochs > 0:
             raise ValueError(f"--num_epochs must be > 0, got {self.num_epochs}")
         if not self.learning_rate >= 0:  # 0: a warm-started adapter kept exactly (tests)

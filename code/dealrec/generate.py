@@ -205,10 +205,12 @@ def read_test_file(path: str | os.PathLike, max_test_users: int | None = None) -
     path = Path(path)
     rows = read_json_checked(path, "--test_data_path", "write it with gen_fewshot.py (test/test.json)")
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: expected a non-empty JSON list of test examples")
+        raise ValueError(f"--test_data_path {path}: expected a non-empty JSON list of test examples; write it with "
+                         "gen_fewshot.py (test/test.json)")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not all(k in r for k in ("instruction", "input", "output")):
-            raise ValueError(f"{path}: example {i} lacks instruction/input/output")
+            raise ValueError(f"--test_data_path {path}: example {i} lacks instruction/input/output; write the file "
+                             "with gen_fewshot.py")
     if max_test_users is not None:
         rows = rows[:max_test_users]
     return rows

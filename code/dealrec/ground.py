@@ -154,10 +154,11 @@ def read_results(result_file: str | os.PathLike, data: RecData) -> list[dict[str
     path = Path(result_file)
     rows = read_json_checked(path, "--result_file", "give the result file of inference.py (results/<data>/<run>.json)")
     if not isinstance(rows, list) or not rows:
-        raise DataError(f"{path}: no predictions (expected a non-empty list of records)")
+        raise DataError(f"--result_file {path}: no predictions (expected a non-empty list of records of inference.py)")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("predict"), str):
-            raise DataError(f"{path}: record {i} has no 'predict' text")
+            raise DataError(f"--result_file {path}: record {i} has no 'predict' text; pass the result file of "
+                            "inference.py")
         t = r.get("target_ids")
         if not isinstance(t, list) or not t or not all(isinstance(x, int) for x in t):
             raise DataError(

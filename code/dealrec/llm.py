@@ -400,7 +400,8 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
         raise ModelError(f"--resume_from_checkpoint {path}: no such directory")
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
-        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing")
+        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing; pass a LoRA adapter "
+                         "folder (the output_dir of finetune.py)")
     check_adapter_folder(path, "--resume_from_checkpoint")
     if not any((path / f).is_file() for f in ADAPTER_WEIGHTS):
         raise ModelError(

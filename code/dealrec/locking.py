@@ -3,7 +3,7 @@
 ``with output_lock(path): ...`` holds ``<parent>/.<name>.lock`` (``fcntl.flock`` on it, the pid and
 command line written inside). A second run on the same output stops at once with
 
-    another run holds <path> (pid N, started <time>: <command>); wait for it to finish or use another ...
+    another run holds <path> (pid N, started <time>: <command>); wait for it to finish or choose another ...
 
 (``wait=True``: it waits instead, for outputs that parallel processes share by design, e.g. the
 study's score folder). The kernel releases the lock when its process ends, however it ends, so a
@@ -63,7 +63,7 @@ def _describe(info: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike, *, flag: str = "the output folder", wait: bool = False,
+def output_lock(target: str | os.PathLike, *, flag: str = "output folder", wait: bool = False,
                 poll_s: float = 2.0) -> Iterator[Path]:
     """Hold the lock of ``target`` (a folder or file that this run writes) for the block."""
     lock = lock_path(target)
@@ -98,7 +98,7 @@ def output_lock(target: str | os.PathLike, *, flag: str = "the output folder", w
             os.close(fd)
             if not wait:
                 raise LockError(
-                    f"another run holds {target} ({_describe(info)}); wait for it to finish or pass another "
+                    f"another run holds {target} ({_describe(info)}); wait for it to finish or choose another "
                     f"{flag} (lock file {lock})"
                 ) from None
             if not waited:

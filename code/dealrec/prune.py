@@ -258,7 +258,8 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
             shapes = [k for k in set(want) & set(have) if want[k] != have[k]][:5]
             raise ValueError(
                 f"--surrogate_checkpoint {cfg.surrogate_checkpoint} does not match {cfg.surrogate} for "
-                f"{data.name} ({data.n_items} items): missing {missing}, unexpected {extra}, shape mismatch {shapes}"
+                f"{data.name} ({data.n_items} items): missing {missing}, unexpected {extra}, shape mismatch {shapes}; "
+                f"pass a checkpoint of {cfg.surrogate} trained on this data set (--surrogate {cfg.surrogate})"
             )
         model.load_state_dict(state)
         LOG.info("surrogate loaded from %s (training skipped)", cfg.surrogate_checkpoint)
@@ -456,15 +457,18 @@ def run(cfg: PruneConfig) -> dict:
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     LOG.info("data %s: %s", cfg.data_name, data.summary())
     stage = cfg.stage
-    if stage in ("all", "select"):
-        check_budget(cfg, data)
     if not int(eligible_mask(data).sum()) and stage != "effort":
         scope = f"the first {cfg.max_users} users of " if cfg.max_users else ""
         raise DataError(f"no user of {scope}{data.root / 'sequential_train.txt'} has ≥ 3 training items: the surrogate "
-                        "has no target to learn or score (check the file, or raise --max_users)")
+                        "has no target to learn or score and nobody can be selected (check the file, or raise "
+                        "--max_users)")
+    if stage in ("all", "select"):
+        check_budget(cfg, data)
     check_writable(cfg.scores_path, "--score_dir")
     if stage in ("all", "select"):
         check_writable(cfg.selected_dir, "--selected_dir")
+    if int(os.environ.get("RANK", 0)) != 0:  # several effort processes: rank 0 holds the lock for all
+        return _run_stages(cfg, data)
     with output_lock(cfg.scores_path, flag="--score_dir"):
         return _run_stages(cfg, data)
 

@@ -8,7 +8,7 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 #   SELECTED (selection file; default ../prune/selected/<data>_<n>.pt),
 #   WARM_START (warm-start LoRA adapter, the original's alpaca-lora-7B; its rank, alpha and target
 #   modules must equal LORA_R (8), LORA_ALPHA (16), LORA_TARGET_MODULES (q_proj,v_proj)), GPU_IDS (all visible),
-#   DATA_DIR (folder holding <data_name>/; default: the repository's data/).
+#   DATA_DIR (folder holding <data_name>/; default: the repository's data/), LOG_DIR (logs/<data>/).
 # Outputs (relative to this folder): data/<data>/, model/<data>/<seed>_<n>/,
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
 set -euo pipefail
@@ -25,8 +25,7 @@ SEEDS=${SEEDS:-0}
 N_FEWSHOT=${N_FEWSHOT:-1024}
 LORA_R=${LORA_R:-8}; LORA_ALPHA=${LORA_ALPHA:-16}; LORA_TARGET_MODULES=${LORA_TARGET_MODULES:-q_proj,v_proj}
 BASE_MODEL=${BASE_MODEL:-smollm2-135m-instruct}
-LOG_DIR="$HERE/logs/$DATASET"
-mkdir -p "$LOG_DIR"
+LOG_DIR=${LOG_DIR:-$HERE/logs/$DATASET}
 
 # Full recipe of the paper (§5.1); the cpu-demo preset finishes in minutes on 2 cores.
 BATCH_SIZE=128; MICRO_BATCH=4; NUM_EPOCHS=50; LR=1e-4; WARMUP=20; CUTOFF=512; MAX_STEPS=-1; EVAL_STEPS=100
@@ -45,6 +44,7 @@ case "$PRESET" in
         ;;
     *) echo "unknown preset '$PRESET' (known: cpu-demo)" >&2; exit 2 ;;
 esac
+mkdir -p "$LOG_DIR"
 
 N_GPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [[ -n "${GPU_IDS:-}" ]]; then N_GPU=$(awk -F, '{print NF}' <<<"$GPU_IDS"); export CUDA_VISIBLE_DEVICES=$GPU_IDS; fi
