@@ -402,7 +402,11 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
     if not cfg_file.is_file():
         raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing; pass a LoRA adapter "
                          "folder (the output_dir of finetune.py)")
-    check_adapter_folder(path, "--resume_from_checkpoint")
+    try:
+        json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is unreadable ({type(e).__name__}); "
+                         "copy the adapter folder again") from None
     if not any((path / f).is_file() for f in ADAPTER_WEIGHTS):
         raise ModelError(
             f"--resume_from_checkpoint {path}: neither adapter_model.safetensors nor adapter_model.bin found"
@@ -419,7 +423,7 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
             f"--lora_r {have['r']} --lora_alpha {have['lora_alpha']} --lora_target_modules {' '.join(mods)} "
             f"(finetune.sh: LORA_R={have['r']} LORA_ALPHA={have['lora_alpha']} LORA_TARGET_MODULES={','.join(mods)})"
         )
-    _require_lora_tensors(path, adapter_keys(path))
+    check_adapter_folder(path, "--resume_from_checkpoint")  # weights readable, with lora_A/lora_B tensors
     return path
 
 
