@@ -3,6 +3,7 @@ subprocesses the way a user would, and read their stderr."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -83,3 +84,73 @@ def make_world(w: Path, n_users: int = 40) -> Path:
     write_json(w / "result.json", [{"predict": data.titles[r["target_ids"][0]], "output": r["output"],
                                     "user": r["user"], "target_ids": r["target_ids"]} for r in test])
     return w
+
+
+# A pre-imported interpreter that forks one child per run: each case still runs the real script
+# file as __main__ in its own process, without paying ~2-4 s of `import torch`/transformers each
+# time (the bad-input table has ~100 cases). DEALREC_TEST_NO_FORK=1: plain subprocesses instead.
+_ZYGOTE = r"""
+import json, logging, os, runpy, sys, traceback
+import torch, transformers  # noqa: F401 - what every script imports
+import dealrec.fewshot, dealrec.finetune, dealrec.generate, dealrec.ground, dealrec.prune, dealrec.study  # noqa
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(req["cwd"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                f = os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(f, fd)
+                os.close(f)
+            sys.argv = [req["script"], *req["args"]]
+            sys.path[0] = os.path.dirname(req["script"])
+            try:
+                runpy.run_path(req["script"], run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class Zygote:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PY, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=base_env())
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, entry: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+        out, err = Path(cwd) / ".stdout", Path(cwd) / ".stderr"
+        req = {"script": SCRIPTS[entry][1], "args": args, "env": env, "cwd": str(cwd), "stdout": str(out),
+               "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        rc = json.loads(self.proc.stdout.readline())["rc"]
+        res = subprocess.CompletedProcess(SCRIPTS[entry] + args, rc, out.read_text(errors="replace"),
+                                          err.read_text(errors="replace"))
+        out.unlink()
+        err.unlink()
+        return res
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def use_fork() -> bool:
+    return hasattr(os, "fork") and os.environ.get("DEALREC_TEST_NO_FORK", "") in ("", "0")

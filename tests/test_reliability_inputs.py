@@ -8,6 +8,7 @@ The cases run concurrently (3 at a time) in a module fixture; each table row is 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _reliability import EXPENSIVE, REPO, base_env, error_lines, leftovers, make_world, run
+from _reliability import EXPENSIVE, REPO, Zygote, base_env, error_lines, leftovers, make_world, run, use_fork
 
 HAS_GAMES = (REPO / "data" / "games").is_dir()
 N_USERS = 40
@@ -422,14 +423,22 @@ def _fill(value: str, w: Path, c: Path) -> str:
     return value.replace("{W}", str(w)).replace("{C}", str(c))
 
 
-def _run_case(case: Case, w: Path, root: Path) -> dict:
+def _run_case(case: Case, w: Path, root: Path, zygotes: queue.Queue | None) -> dict:
     c = root / case.id
     c.mkdir()
     if case.setup is not None:
         case.setup(w, c)
     before = {o: leftovers(c / o) for o in case.outputs}
     env = base_env(DEALREC_FAULT_FORBID=EXPENSIVE, **{k: _fill(v, w, c) for k, v in case.env.items()})
-    proc = run(case.entry, [_fill(a, w, c) for a in case.args], env=env, cwd=c, timeout=300)
+    args = [_fill(a, w, c) for a in case.args]
+    if zygotes is not None and case.entry.endswith(".py"):
+        z = zygotes.get()
+        try:
+            proc = z.run(case.entry, args, env, c)
+        finally:
+            zygotes.put(z)
+    else:
+        proc = run(case.entry, args, env=env, cwd=c, timeout=300)
     after = {o: leftovers(c / o) for o in case.outputs}
     locks = sorted(str(p) for p in c.rglob(".*.lock"))
     return {"rc": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout, "before": before, "after": after,
@@ -438,13 +447,25 @@ def _run_case(case: Case, w: Path, root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def results(world, tmp_path_factory, request):
-    """The runs of the collected cases (all, or those ``-k`` selects), 3 at a time."""
+    """The runs of the collected cases (all, or those ``-k`` selects), 3 at a time; the Python entry
+    points in processes forked from pre-imported interpreters (:class:`_reliability.Zygote`), the
+    shell drivers as plain subprocesses."""
     wanted = {item.callspec.id for item in request.session.items
               if item.originalname == "test_bad_input" and hasattr(item, "callspec")}
     root = tmp_path_factory.mktemp("cases")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case.id: pool.submit(_run_case, case, world, root) for case in CASES if case.id in wanted}
-        return {k: f.result() for k, f in futures.items()}
+    zygotes = None
+    if use_fork():
+        zygotes = queue.Queue()
+        for _ in range(3):
+            zygotes.put(Zygote())
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = {case.id: pool.submit(_run_case, case, world, root, zygotes) for case in CASES
+                       if case.id in wanted}
+            return {k: f.result() for k, f in futures.items()}
+    finally:
+        while zygotes is not None and not zygotes.empty():
+            zygotes.get().close()
 
 
 def test_case_ids_are_unique():
