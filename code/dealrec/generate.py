@@ -282,92 +282,87 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
     cfg.validate()
     key = cfg.key()
     rank, world, device, created = dist_setup()
+    held = contextlib.ExitStack()
     try:
-        if rank == 0:
+        if rank == 0:  # rank 0 holds the result's lock for all processes
             check_writable(result.parent, "--result_json_data")
-        with output_lock(result, flag="--result_json_data") if rank == 0 else contextlib.nullcontext():
-            return _run_inference(cfg, result, key, rank, world, device, model, tokenizer)
-    finally:
-        if created:
-            dist.destroy_process_group()
+            held.enter_context(output_lock(result, flag="--result_json_data"))
+        if not cfg.overwrite and cached(result, key):
+            LOG.info("%s: up to date, kept", result)
+            return read_json(result) if rank == 0 else None
+        rows = read_test_file(cfg.test_file, cfg.max_test_users)
+        n = len(rows)
+        if model is None or tokenizer is None:  # before any file is written: a model that fails to load leaves none
+            model, tokenizer = _load_model(cfg, device)
+        pmanifest = result.with_name(result.name + ".partial.json")
+        if rank == 0:
+            stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or cfg.overwrite
+            if stale:
+                for f in _partial_files(result):
+                    f.unlink()
+                write_json(pmanifest, {"key": cache_key(key), "params": key})
+        _barrier(world)
+        done = _read_partials(result, n)
+        todo = [i for i in range(n) if i not in done]
+        shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
+        if rank == 0:
+            LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
+        part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
+        new: list[dict[str, Any]] = []
 
+        def save(batch_idx: list[int], texts: list[str]) -> None:
+            recs = []
+            for j, text in zip(batch_idx, texts):
+                i = shard[j]
+                rec = {"idx": i, "predict": text, "output": rows[i]["output"],
+                       "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
+                recs.append(rec)
+            new.extend(recs)
+            try:
+                with open(part, "a", encoding="utf-8") as fh:
+                    for rec in recs:
+                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as e:
+                raise OutputError(f"--result_json_data {result}: cannot append to {part.name} ({e.strerror}); free "
+                                  "some space or choose a writable folder (the answers so far are kept)") from e
+            faults.step("generate")
 
-def _run_inference(cfg: InferenceConfig, result: Path, key: dict[str, Any], rank: int, world: int,
-                   device: torch.device, model: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
-    import torch.distributed as dist
-
-    if not cfg.overwrite and cached(result, key):
-        LOG.info("%s: up to date, kept", result)
-        return read_json(result) if rank == 0 else None
-    rows = read_test_file(cfg.test_file, cfg.max_test_users)
-    n = len(rows)
-    if model is None or tokenizer is None:  # before any file is written: a model that fails to load leaves none
-        model, tokenizer = _load_model(cfg, device)
-    pmanifest = result.with_name(result.name + ".partial.json")
-    if rank == 0:
-        stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or cfg.overwrite
-        if stale:
+        generate(
+            model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
+            cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save,
+        )
+        gathered: list[Any] = [new]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, new)
+        records = None
+        if rank == 0:
+            merged = dict(done)
+            for part_recs in gathered:
+                for rec in part_recs:
+                    if rec["idx"] in merged and rec["idx"] not in done:
+                        raise RuntimeError(f"example {rec['idx']} answered twice; sharding is broken")
+                    merged[rec["idx"]] = rec
+            missing = [i for i in range(n) if i not in merged]
+            if missing:
+                raise RuntimeError(f"{len(missing)} test examples without an answer (e.g. {missing[:5]})")
+            records = [{k: merged[i][k] for k in RECORD_FIELDS} for i in range(n)]
+            data_name = None
+            tm = manifest_path(cfg.test_file)
+            if tm.is_file():
+                data_name = read_json(tm).get("data_name")
+            write_json(result, records)
+            write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg))
             for f in _partial_files(result):
                 f.unlink()
-            write_json(pmanifest, {"key": cache_key(key), "params": key})
-    _barrier(world)
-    done = _read_partials(result, n)
-    todo = [i for i in range(n) if i not in done]
-    shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
-    if rank == 0:
-        LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
-    part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
-    new: list[dict[str, Any]] = []
-
-    def save(batch_idx: list[int], texts: list[str]) -> None:
-        recs = []
-        for j, text in zip(batch_idx, texts):
-            i = shard[j]
-            rec = {"idx": i, "predict": text, "output": rows[i]["output"],
-                   "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
-            recs.append(rec)
-        new.extend(recs)
-        try:
-            with open(part, "a", encoding="utf-8") as fh:
-                for rec in recs:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as e:
-            raise OutputError(f"--result_json_data {result}: cannot append to {part.name} ({e.strerror}); free "
-                              "some space or choose a writable folder (the answers so far are kept)") from e
-        faults.step("generate")
-
-    generate(
-        model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
-        cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save,
-    )
-    gathered: list[Any] = [new]
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, new)
-    records = None
-    if rank == 0:
-        merged = dict(done)
-        for part_recs in gathered:
-            for rec in part_recs:
-                if rec["idx"] in merged and rec["idx"] not in done:
-                    raise RuntimeError(f"example {rec['idx']} answered twice; sharding is broken")
-                merged[rec["idx"]] = rec
-        missing = [i for i in range(n) if i not in merged]
-        if missing:
-            raise RuntimeError(f"{len(missing)} test examples without an answer (e.g. {missing[:5]})")
-        records = [{k: merged[i][k] for k in RECORD_FIELDS} for i in range(n)]
-        data_name = None
-        tm = manifest_path(cfg.test_file)
-        if tm.is_file():
-            data_name = read_json(tm).get("data_name")
-        write_json(result, records)
-        write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg))
-        for f in _partial_files(result):
-            f.unlink()
-        pmanifest.unlink(missing_ok=True)
-        n_empty = sum(1 for r in records if not r["predict"])
-        LOG.info("wrote %s (%d answers, %d empty)", result, n, n_empty)
-    _barrier(world)
-    return records
+            pmanifest.unlink(missing_ok=True)
+            n_empty = sum(1 for r in records if not r["predict"])
+            LOG.info("wrote %s (%d answers, %d empty)", result, n, n_empty)
+        _barrier(world)
+        return records
+    finally:
+        held.close()
+        if created:
+            dist.destroy_process_group()
