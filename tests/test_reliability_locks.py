@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _reliability import EXPENSIVE, PY, base_env, error_lines, leftovers, make_world, run
+from _reliability import EXPENSIVE, PY, Zygote, base_env, error_lines, leftovers, make_world, run, use_fork
 
 from dealrec.io import LOG
 from dealrec.locking import LockError, lock_path, output_lock
@@ -50,6 +50,14 @@ class Holder:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    z = Zygote() if use_fork() else None
+    yield z
+    if z is not None:
+        z.close()
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +122,17 @@ def _entry_cases(w: Path, c: Path) -> list[tuple[str, list[str], Path, str]]:
 
 
 @pytest.mark.parametrize("entry", ["prune.py", "gen_fewshot.py", "finetune.py", "inference.py", "evaluate.py"])
-def test_second_run_is_refused(world, tmp_path, entry):
+def test_second_run_is_refused(world, tmp_path, entry, zygote):
     c = tmp_path
+    (c / "io").mkdir()
     (c / "res").mkdir()
     (c / "res" / "result.json").write_text((world / "result.json").read_text())
     _, args, target, flag = next(x for x in _entry_cases(world, c) if x[0] == entry)
     before = {p: leftovers(p) for p in (target, c / "sel", c / "res")}
     holder = Holder(target)
     try:
-        proc = run(entry, args, env=base_env(DEALREC_FAULT_FORBID=EXPENSIVE))
+        env = base_env(DEALREC_FAULT_FORBID=EXPENSIVE)
+        proc = zygote.run(entry, args, env, c / "io") if zygote is not None else run(entry, args, env=env)
         assert lock_path(target).read_text().startswith(f"pid={holder.pid}\n")  # the holder's lock untouched
     finally:
         holder.release()
