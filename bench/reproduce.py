@@ -48,16 +48,17 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealrec.io import setup_logging
+    from dealrec.io import discard_log, setup_logging
     from dealrec.study import run_study
 
     cfg, args = parse_args(argv)
     try:
         log_file = args.log_file or cfg.out / "logs" / time.strftime(f"study-{args.only}_%Y%m%d-%H%M%S.log")
-        log = setup_logging(log_file)
+        log = setup_logging(log_file, defer=args.log_file is None)  # inside --out_dir: once the inputs passed
         log.info("reproduce %s", " ".join(sys.argv[1:] if argv is None else argv))
         path = run_study(cfg, args.only)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
+        discard_log()
         print(f"error: {e}", file=sys.stderr)
         return 2
     if path:

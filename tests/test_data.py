@@ -210,15 +210,16 @@ def test_item_without_title(tiny_dataset):
 
 
 def test_item_beyond_titles(tiny_dataset):
+    """An id beyond the catalogue is the sequence file's fault (issue 13), not title_maps.npy's."""
     ds = tiny_dataset(dicts=False, item_map=False, train=[[0, 1, 2], [], [], [9], []])
-    with pytest.raises(DataError, match=r"2 item\(s\) without a title \(seq ids \[9, 10\]"):
+    with pytest.raises(DataError, match=r"sequential_train.txt:4: item id 10 is beyond the catalogue \(8 items"):
         load_dataset(ds.data_dir, ds.name)
 
 
 def test_title_maps_without_seqid2title(tiny_dataset):
     ds = tiny_dataset()
     np.save(ds.root / "title_maps.npy", {"recid2title": {0: "a"}})
-    with pytest.raises(DataError, match="expected a dict with key 'seqid2title'"):
+    with pytest.raises(DataError, match="expected a dict with a dict under key 'seqid2title'"):
         load_dataset(ds.data_dir, ds.name)
 
 

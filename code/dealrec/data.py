@@ -12,6 +12,7 @@ restricted unpickler that only lets plain containers, strings, numbers and numpy
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,24 +70,37 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_pickled_npy(path: str | Path) -> Any:
     """Load a ``.npy`` file that may hold a pickled object, allowing only safe types."""
     path = Path(path)
-    with open(path, "rb") as f:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; copy it again from the authors' release")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the file's permissions") from e
+    with f:
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except ValueError as e:
-            raise DataError(f"{path}: not a .npy file ({e})") from e
+        except (ValueError, EOFError, SyntaxError) as e:
+            raise DataError(f"{path}: not a .npy file ({str(e).splitlines()[0][:120]}); "
+                            "copy it again from the authors' release") from None
         if not dtype.hasobject:
-            arr = np.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-            return arr
+            try:
+                return np.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+            except ValueError:
+                raise DataError(f"{path}: truncated (fewer values than its header's shape {shape}); "
+                                "copy it again from the authors' release") from None
         try:
             obj = _RestrictedUnpickler(f, path).load()
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a data error
-            raise DataError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from e
+            raise DataError(f"{path}: cannot unpickle ({type(e).__name__}: {str(e)[:120]}); the file is "
+                            "truncated or corrupt, copy it again from the authors' release") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     return obj
@@ -95,7 +109,24 @@ def load_pickled_npy(path: str | Path) -> Any:
 def _read_sequences(path: Path) -> list[list[int]]:
     """Read ``uid item item ...`` lines; returns 0-based item lists in line order."""
     seqs: list[list[int]] = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the file's permissions") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#x}); the file must hold "
+                        "lines 'uid item item ...' of decimal numbers") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; it needs one line 'uid item ...' per user "
+                        "(copy it again from the authors' release)")
+    if not text.endswith("\n"):
+        last = text.rsplit("\n", 1)[-1]
+        if last and not last.replace(" ", "").replace("\t", "").isdigit():
+            raise DataError(f"{path}: the last line is cut ({last[-20:]!r}); the file looks truncated, copy it again")
+    with io.StringIO(text) as f:
         for lineno, line in enumerate(f, start=1):
             parts = line.split()
             if not parts:
@@ -196,16 +227,50 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
             "the three sequential_*.txt files need one line per user each."
         )
 
-    maps = load_pickled_npy(root / "title_maps.npy")
-    if not isinstance(maps, dict) or "seqid2title" not in maps:
-        raise DataError(f"{root / 'title_maps.npy'}: expected a dict with key 'seqid2title'")
-    seqid2title = {int(k): str(v) for k, v in maps["seqid2title"].items()}
-    n_items = max(seqid2title) if seqid2title else 0
+    if not any(train):
+        raise DataError(f"{root / 'sequential_train.txt'}: no user has a training item; check the file")
+
+    tpath = root / "title_maps.npy"
+    maps = load_pickled_npy(tpath)
+    if not isinstance(maps, dict) or not isinstance(maps.get("seqid2title"), dict):
+        raise DataError(f"{tpath}: expected a dict with a dict under key 'seqid2title' (seq id -> title)")
+    seqid2title = {}
+    for k, v in maps["seqid2title"].items():
+        try:
+            sid = int(k)
+        except (TypeError, ValueError):
+            raise DataError(f"{tpath}: seqid2title key {k!r} is not an item id (1-based int)") from None
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{tpath}: the title of item {sid} is not UTF-8 ({v[:30]!r}); "
+                                "store titles as UTF-8 text") from None
+        if not isinstance(v, str):
+            raise DataError(f"{tpath}: the title of item {sid} is a {type(v).__name__}, not text")
+        if not v.strip():
+            raise DataError(f"{tpath}: item {sid} has an empty title; every item needs one (the LLM "
+                            "recommends by title)")
+        seqid2title[sid] = v
+    if not seqid2title or min(seqid2title) < 1:
+        raise DataError(f"{tpath}: 'seqid2title' must map 1-based item ids to titles "
+                        f"({'empty' if not seqid2title else f'found id {min(seqid2title)}'})")
+    n_items = max(seqid2title)
     item_map = root / "item_map.npy"
     if item_map.is_file():
-        n_items = max(n_items, len(load_pickled_npy(item_map)))
-    max_seen = max((max(s) + 1 for part in (train, valid, test) for s in part if s), default=0)
-    n_items = max(n_items, max_seen)
+        imap = load_pickled_npy(item_map)
+        if not hasattr(imap, "__len__"):
+            raise DataError(f"{item_map}: expected a dict item -> id")
+        n_items = max(n_items, len(imap))
+    for part in ("train", "valid", "test"):  # an item id beyond the catalogue: the sequence file is wrong
+        seqs = {"train": train, "valid": valid, "test": test}[part]
+        for u, s in enumerate(seqs):
+            if s and max(s) + 1 > n_items:
+                raise DataError(
+                    f"{root / f'sequential_{part}.txt'}:{u + 1}: item id {max(s) + 1} is beyond the catalogue "
+                    f"({n_items} items in title_maps.npy); item ids are 1-based seq ids of title_maps.npy's "
+                    "'seqid2title' (a file from another data set or corrupted?)"
+                )
     missing_titles = [i for i in range(1, n_items + 1) if i not in seqid2title]
     if missing_titles:
         raise DataError(
@@ -223,8 +288,12 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
             if not isinstance(d, dict):
                 raise DataError(f"{f}: expected a pickled dict user -> item list")
             for u, items in d.items():
-                u = int(u)
-                if u >= len(seqs) or [int(i) for i in items] != seqs[u]:
+                try:
+                    u, items = int(u), [int(i) for i in items]
+                except (TypeError, ValueError):
+                    raise DataError(f"{f}: entry {u!r} is not user -> list of item ids; re-export it from "
+                                    f"sequential_{part}.txt") from None
+                if not 0 <= u < len(seqs) or items != seqs[u]:
                     raise DataError(
                         f"{f}: user {u} disagrees with sequential_{part}.txt; the text and dict forms "
                         "must hold the same interactions (re-export one from the other)."

@@ -25,7 +25,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, RecData
-from .io import LOG, cache_key, cached, manifest_path, read_json, write_json, write_manifest
+from .io import (
+    LOG,
+    cache_key,
+    cached,
+    check_writable,
+    load_checked,
+    manifest_path,
+    read_json,
+    write_json,
+    write_manifest,
+)
+from .locking import output_lock
 from .prompts import build_example, clean_title
 
 
@@ -132,9 +143,10 @@ def load_selection(path: str | os.PathLike, data: RecData) -> list[int]:
                 f"set is {data.name!r}; pass the selection file of {data.name!r}"
             )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any load failure is a data error
-        raise DataError(f"{path}: cannot load the selection ({type(e).__name__}: {e})") from e
+        obj = load_checked(path, "--selected", "a selection file (a list of user indices written by prune.py, "
+                                               "selected/<data>_<n>.pt)")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     if isinstance(obj, torch.Tensor):
         if obj.dim() != 1 or obj.is_floating_point():
             raise DataError(f"{path}: expected a 1-D integer tensor of user indices, got {tuple(obj.shape)} {obj.dtype}")
@@ -153,6 +165,16 @@ def load_selection(path: str | os.PathLike, data: RecData) -> list[int]:
     if len(set(users)) != len(users):
         raise DataError(f"{path}: {len(users) - len(set(users))} duplicate user indices; a selection lists each user once")
     return users
+
+
+def check_fewshot_args(n_sample: int, cutoff_len: int, max_test_users: int | None) -> None:
+    """gen_fewshot.py's numbers, checked before any file is read."""
+    if n_sample < 1:
+        raise ValueError(f"--n_sample must be ≥ 1, got {n_sample}")
+    if cutoff_len < 8:
+        raise ValueError(f"--cutoff_len must be ≥ 8, got {cutoff_len}")
+    if max_test_users is not None and max_test_users < 1:
+        raise ValueError(f"--max_test_users must be ≥ 1 (or omitted), got {max_test_users}")
 
 
 def fewshot_paths(out_dir: str | os.PathLike, n_label: int | str) -> dict[str, Path]:
@@ -216,6 +238,18 @@ def write_fewshot(
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"splits must be among {SPLITS}, got {sorted(unknown)}")
+    check_writable(out_dir, "--out_dir")
+    with output_lock(out_dir, flag="--out_dir"):
+        _write_plans(data, plans, paths, splits, tokenizer, cutoff_len, n_label, selection_file, base_model,
+                     overwrite, progress)
+    return paths
+
+
+def _write_plans(data: RecData, plans: dict, paths: dict[str, Path], splits: Sequence[str], tokenizer: Any,
+                 cutoff_len: int, n_label: Any, selection_file: Any, base_model: Any, overwrite: bool,
+                 progress: bool) -> None:
+    from .llm import model_id
+
     for split, (key, split_users) in plans.items():
         if split not in splits:
             continue
@@ -236,4 +270,3 @@ def write_fewshot(
             base_model=model_id(base_model),
         )
         LOG.info("wrote %s (%d examples)", path, len(examples))
-    return paths

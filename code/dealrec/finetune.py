@@ -28,9 +28,20 @@ from typing import Any
 
 import torch
 
+from . import faults
 from .dist import dist_info
 from .hardware import cpu_precision
-from .io import LOG, Timer, cache_key, file_hash, read_json, seed_everything, write_json
+from .io import (
+    LOG,
+    Timer,
+    cache_key,
+    check_writable,
+    file_hash,
+    read_json,
+    read_json_checked,
+    seed_everything,
+    write_json,
+)
 from .llm import (
     LORA_ALPHA,
     LORA_DROPOUT,
@@ -45,6 +56,7 @@ from .llm import (
     lora_config,
     model_id,
 )
+from .locking import output_lock
 from .prompts import tokenize_prompt
 
 MANIFEST = "finetune_manifest.json"
@@ -89,6 +101,40 @@ class FinetuneConfig:
     # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16) as before.
     precision: str = "fp32"
 
+    def validate(self) -> None:
+        """Fail before the model is loaded or anything is written, naming the argument."""
+        from .llm import check_model_folder
+
+        for name, low in (("batch_size", 1), ("micro_batch_size", 1), ("warmup_steps", 0), ("cutoff_len", 8),
+                          ("lora_r", 1), ("lora_alpha", 1), ("eval_steps", 1), ("early_stopping_patience", 0),
+                          ("logging_steps", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+        if self.batch_size < self.micro_batch_size:
+            raise ValueError(f"--batch_size {self.batch_size} must be ≥ --micro_batch_size {self.micro_batch_size}")
+        if not self.num_epochs > 0:
+            raise ValueError(f"--num_epochs must be > 0, got {self.num_epochs}")
+        if not self.learning_rate >= 0:  # 0: a warm-started adapter kept exactly (tests)
+            raise ValueError(f"--learning_rate must be ≥ 0, got {self.learning_rate}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("sample", "max_steps"):
+            if getattr(self, name) == 0 or getattr(self, name) < -1:
+                raise ValueError(f"--{name} must be -1 (off) or ≥ 1, got {getattr(self, name)}")
+        if self.val_set_size is not None and self.val_set_size < 0:
+            raise ValueError(f"--val_set_size must be ≥ 0, got {self.val_set_size}")
+        if self.quantization and not torch.cuda.is_available():
+            raise ValueError(f"--quantization {self.quantization} needs a GPU (bitsandbytes); use none on the CPU")
+        if Path(self.output_dir).is_file():
+            raise ValueError(f"--output_dir {self.output_dir}: a file, not a folder; choose another path")
+        if not _load_examples(self.train_file, "train"):
+            raise ValueError(f"--train_data_path {self.train_file}: no training examples; write it with gen_fewshot.py")
+        _load_examples(self.val_file, "val")
+        check_model_folder(self.base_model)
+        if self.resume_from_checkpoint:
+            check_adapter(self.resume_from_checkpoint, lora_config(self.lora_r, self.lora_alpha, self.lora_dropout,
+                                                                   self.lora_target_modules))
+
     def key(self) -> dict[str, Any]:
         """The parameters that determine the adapter (for the manifest and reuse)."""
         d = asdict(self)
@@ -115,14 +161,14 @@ def _load_examples(path: str | None, what: str) -> list[dict[str, Any]]:
     if not path:
         return []
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--{what}_data_path {p}: no such file; run gen_fewshot.sh first")
-    rows = read_json(p)
+    rows = read_json_checked(p, f"--{what}_data_path", "write it with gen_fewshot.py (gen_fewshot.sh)")
     if not isinstance(rows, list):
-        raise ValueError(f"{p}: expected a JSON list of {{instruction, input, output}} examples")
+        raise ValueError(f"--{what}_data_path {p}: expected a JSON list of {{instruction, input, output}} examples "
+                         "(written by gen_fewshot.py)")
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not all(k in r for k in ("instruction", "input", "output")):
-            raise ValueError(f"{p}: example {i} lacks instruction/input/output")
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("instruction", "input", "output")):
+            raise ValueError(f"--{what}_data_path {p}: example {i} lacks instruction/input/output text "
+                             "(write the file with gen_fewshot.py)")
     return rows
 
 
@@ -189,8 +235,32 @@ def _save_adapter(model: Any, output_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _fault_steps() -> Any:
+    """A Trainer callback: one :func:`dealrec.faults.step` per optimiser step (kill-point tests)."""
+    from transformers import TrainerCallback
+
+    class FaultSteps(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            faults.step("finetune")
+
+    return FaultSteps()
+
+
 def train(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune LoRA on ``cfg.train_file``; returns the trained model (rank 0 saves it)."""
+    """Fine-tune LoRA on ``cfg.train_file``; returns the trained model (rank 0 saves it).
+
+    Inputs are checked first (:meth:`FinetuneConfig.validate`), then ``output_dir`` must be writable
+    and not in use by another run (a lock beside it); a run killed before its manifest was written
+    restarts from scratch (same seed, same adapter)."""
+    cfg.validate()
+    if int(os.environ.get("RANK", 0)) != 0:
+        return _train(cfg)
+    check_writable(cfg.output_dir, "--output_dir")
+    with output_lock(cfg.output_dir, flag="--output_dir"):
+        return _train(cfg)
+
+
+def _train(cfg: FinetuneConfig) -> FinetuneResult:
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
 
     out = Path(cfg.output_dir)
@@ -280,6 +350,12 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
         **eval_kwargs,
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if has_eval else []
+    callbacks.append(_fault_steps())
+    if local_rank == 0 and (trainer_checkpoints := sorted((out / "checkpoints").glob("checkpoint-*"))):
+        # left by a killed run: this run starts afresh, so they must not become its "best" checkpoint
+        LOG.info("removing %d checkpoint(s) of an interrupted run in %s", len(trainer_checkpoints), out / "checkpoints")
+        for c in trainer_checkpoints:
+            shutil.rmtree(c, ignore_errors=True)
     trainer = Trainer(
         model=model,
         args=args,

@@ -14,6 +14,7 @@ skips the users already answered.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -26,10 +27,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import faults
 from .beam import unsupported_settings
 from .dist import init_distributed
 from .hardware import cpu_precision
-from .io import LOG, cache_key, cached, file_hash, manifest_path, read_json, write_json, write_manifest
+from .io import (
+    LOG,
+    OutputError,
+    cache_key,
+    cached,
+    check_writable,
+    file_hash,
+    manifest_path,
+    read_json,
+    read_json_checked,
+    write_json,
+    write_manifest,
+)
+from .locking import output_lock
 from .padding import pad_batch
 from .prompts import prompt_of
 
@@ -229,12 +244,24 @@ class InferenceConfig:
         return cpu_precision(self.precision, device, "--gen_precision", auto=GEN_AUTO, warn=False)
 
     def validate(self) -> None:
-        """Bad values of the options, before any work."""
+        """Fail before the model is loaded or anything is written, naming the argument."""
+        from .llm import check_adapter_folder, check_model_folder
+
         if self.engine not in GEN_ENGINES:
             raise ValueError(f"--gen_engine must be one of {GEN_ENGINES}, got {self.engine!r}")
         cpu_precision(self.precision, "cpu", "--gen_precision", warn=False)
-        if self.num_beams < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("--num_beams, --max_new_tokens and --batch_size must be positive")
+        for name, low in (("num_beams", 1), ("max_new_tokens", 1), ("batch_size", 1), ("cutoff_len", 8)):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+        if self.max_test_users is not None and self.max_test_users < 1:
+            raise ValueError(f"--max_test_users must be ≥ 1 (or omitted), got {self.max_test_users}")
+        if Path(self.result_file).is_dir():
+            raise ValueError(f"--result_json_data {self.result_file}: a folder; give the result file's path "
+                             "(e.g. results/games/0_1024.json)")
+        read_test_file(self.test_file, self.max_test_users)
+        check_model_folder(self.base_model)
+        if self.lora_weights:
+            check_adapter_folder(self.lora_weights, "--lora_weights")
 
     def key(self) -> dict[str, Any]:
         from .llm import model_id
@@ -255,14 +282,14 @@ class InferenceConfig:
 
 def read_test_file(path: str | os.PathLike, max_test_users: int | None = None) -> list[dict[str, Any]]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--test_data_path {path}: no such file; run gen_fewshot.sh first")
-    rows = read_json(path)
+    rows = read_json_checked(path, "--test_data_path", "write it with gen_fewshot.py (test/test.json)")
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: expected a non-empty JSON list of test examples")
+        raise ValueError(f"--test_data_path {path}: expected a non-empty JSON list of test examples; write it with "
+                         "gen_fewshot.py (test/test.json)")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not all(k in r for k in ("instruction", "input", "output")):
-            raise ValueError(f"{path}: example {i} lacks instruction/input/output")
+            raise ValueError(f"--test_data_path {path}: example {i} lacks instruction/input/output; write the file "
+                             "with gen_fewshot.py")
     if max_test_users is not None:
         rows = rows[:max_test_users]
     return rows
@@ -322,12 +349,18 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
     cfg.validate()
     key = cfg.key()
     rank, world, device, created = dist_setup()
+    held = contextlib.ExitStack()
     try:
+        if rank == 0:  # rank 0 holds the result's lock for all processes
+            check_writable(result.parent, "--result_json_data")
+            held.enter_context(output_lock(result, flag="--result_json_data"))
         if not cfg.overwrite and cached(result, key):
             LOG.info("%s: up to date, kept", result)
             return read_json(result) if rank == 0 else None
         rows = read_test_file(cfg.test_file, cfg.max_test_users)
         n = len(rows)
+        if model is None or tokenizer is None:  # before any file is written: a model that fails to load leaves none
+            model, tokenizer = _load_model(cfg, device)
         pmanifest = result.with_name(result.name + ".partial.json")
         if rank == 0:
             stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or cfg.overwrite
@@ -341,9 +374,6 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
         shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
         if rank == 0:
             LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
-        if model is None or tokenizer is None:
-            model, tokenizer = _load_model(cfg, device)
-
         part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
         new: list[dict[str, Any]] = []
 
@@ -355,11 +385,16 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
                        "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
                 recs.append(rec)
             new.extend(recs)
-            with open(part, "a", encoding="utf-8") as fh:
-                for rec in recs:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(part, "a", encoding="utf-8") as fh:
+                    for rec in recs:
+                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as e:
+                raise OutputError(f"--result_json_data {result}: cannot append to {part.name} ({e.strerror}); free "
+                                  "some space or choose a writable folder (the answers so far are kept)") from e
+            faults.step("generate")
 
         engine = resolve_engine(cfg.engine, model)
         precision = cpu_precision(cfg.precision, device, "--gen_precision", auto=GEN_AUTO) if engine == "fast" else "fp32"
@@ -398,5 +433,6 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
         _barrier(world)
         return records
     finally:
+        held.close()
         if created:
             dist.destroy_process_group()

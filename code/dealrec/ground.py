@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import faults
 from .data import DataError, RecData
 from .generate import bf16_copy
 from .hardware import cpu_precision
@@ -39,13 +40,16 @@ from .io import (
     LOG,
     cache_key,
     cached,
+    check_writable,
     load_tensor,
     read_json,
+    read_json_checked,
     save_tensor,
     write_compact_json,
     write_json,
     write_manifest,
 )
+from .locking import output_lock
 from .metrics import DEFAULT_KS, format_table, hit_ranks, topk_metrics
 from .padding import pad_batch
 from .prompts import clean_title
@@ -108,6 +112,7 @@ def embed_texts(
         if out is None:
             out = torch.empty((len(seqs), vec.shape[1]), dtype=torch.float32)
         out[torch.tensor(idx)] = vec
+        faults.step("ground")
     if out is None:
         raise ValueError("embed_texts: no texts")
     return out
@@ -170,14 +175,13 @@ def rank_items(gen_emb: torch.Tensor, item_emb: torch.Tensor, k: int, chunk: int
 def read_results(result_file: str | os.PathLike, data: RecData) -> list[dict[str, Any]]:
     """The records of an inference result file, checked against ``data``."""
     path = Path(result_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"result file {path} not found; run inference.py first")
-    rows = read_json(path)
+    rows = read_json_checked(path, "--result_file", "give the result file of inference.py (results/<data>/<run>.json)")
     if not isinstance(rows, list) or not rows:
-        raise DataError(f"{path}: no predictions (expected a non-empty list of records)")
+        raise DataError(f"--result_file {path}: no predictions (expected a non-empty list of records of inference.py)")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("predict"), str):
-            raise DataError(f"{path}: record {i} has no 'predict' text")
+            raise DataError(f"--result_file {path}: record {i} has no 'predict' text; pass the result file of "
+                            "inference.py")
         t = r.get("target_ids")
         if not isinstance(t, list) or not t or not all(isinstance(x, int) for x in t):
             raise DataError(
@@ -193,6 +197,27 @@ def read_results(result_file: str | os.PathLike, data: RecData) -> list[dict[str
                 "data set? pass the right --data_name"
             )
     return rows
+
+
+def parse_ks(text: str) -> list[int]:
+    """``--ks 5,10,20``: positive cutoffs, one line naming the flag otherwise."""
+    try:
+        ks = [int(k) for k in str(text).split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--ks {text}: expected comma-separated positive integers such as 5,10,20,50") from None
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--ks {text}: expected comma-separated positive integers such as 5,10,20,50")
+    return ks
+
+
+def result_data_name(result_file: str | os.PathLike) -> str | None:
+    """The data set named in a result file's manifest (None when there is none or it is unreadable)."""
+    m = Path(result_file).with_name(Path(result_file).name + ".json")
+    try:
+        name = read_json(m).get("data_name") if m.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def metrics_path(result_file: str | os.PathLike) -> Path:
@@ -237,11 +262,33 @@ def evaluate_results(
     ``max_items`` (demos only) ranks among items ``0..max_items-1`` plus every target item
     instead of the whole catalogue; the report says so and the figures are not comparable.
     """
+    from .llm import check_model_folder
+
+    ks = sorted(int(k) for k in ks)
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--ks must be positive integers, got {ks}")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"--max_items must be ≥ 1 (or omitted), got {max_items}")
+    precision = cpu_precision(precision, device, "--ground_precision", auto=GROUND_AUTO)
+    rows = read_results(result_file, data)
+    if model is None or tokenizer is None:
+        check_model_folder(base_model)
+    args = (rows, result_file, data, base_model, ks, batch_size, device, max_items, model, tokenizer, progress, write,
+            precision)
+    if not write:
+        return _evaluate(*args)
+    check_writable(metrics_path(result_file).parent, "--result_file")
+    with output_lock(metrics_path(result_file), flag="--result_file"):
+        return _evaluate(*args)
+
+
+def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: RecData, base_model: Any,
+              ks: list[int], batch_size: int, device: Any, max_items: int | None, model: Any, tokenizer: Any,
+              progress: bool, write: bool, precision: str) -> dict[str, Any]:
     from .llm import load_base_model, load_tokenizer, model_id
 
-    rows = read_results(result_file, data)
-    ks = sorted(int(k) for k in ks)
-    precision = cpu_precision(precision, device, "--ground_precision", auto=GROUND_AUTO)
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)
         model = load_base_model(base_model, device)

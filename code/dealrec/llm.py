@@ -102,6 +102,55 @@ def resolve_base_model(base_model: str | os.PathLike | None) -> Path:
     return path
 
 
+def check_model_folder(base_model: str | os.PathLike | None, flag: str = "--base_model") -> Path:
+    """:func:`resolve_base_model` plus the files a run will read, checked in milliseconds (before any
+    expensive stage): a readable ``config.json`` naming a ``model_type``, weights, a tokenizer."""
+    path = resolve_base_model(base_model)
+    if base_model is None or str(base_model) in EMBEDDED_ALIASES:
+        return path
+    cfg_file = path / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{flag} {path}: config.json is unreadable ({type(e).__name__}); "
+                         "copy the model folder again") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ModelError(f"{flag} {path}: config.json names no model_type; is it a Hugging Face model folder?")
+    weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+    if not weights:
+        raise ModelError(f"{flag} {path}: no weights (*.safetensors or pytorch_model*.bin); copy the model "
+                         "folder again")
+    empty = [w.name for w in weights if w.stat().st_size == 0]
+    if empty:
+        raise ModelError(f"{flag} {path}: empty weights file(s) {empty}; copy the model folder again")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise ModelError(f"{flag} {path}: no tokenizer (tokenizer.json or tokenizer.model); copy it into the folder")
+    return path
+
+
+def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_weights") -> Path:
+    """An adapter folder a run will load: adapter_config.json (readable, LoRA) and a weights file with
+    lora_A/lora_B tensors; checked before the base model is loaded or any output is written."""
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        raise ModelError(f"{flag} {path}: no such directory")
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise ModelError(f"{flag} {path}: no adapter_config.json; is fine-tuning finished? "
+                         "(pass the output_dir of finetune.py)")
+    try:
+        saved = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{flag} {path}: adapter_config.json is unreadable ({type(e).__name__}); "
+                         "fine-tune again or copy the adapter folder again") from None
+    if not isinstance(saved, dict):
+        raise ModelError(f"{flag} {path}: adapter_config.json does not describe a LoRA adapter")
+    if saved.get("peft_type", "LORA") != "LORA":
+        raise ModelError(f"{flag} {path}: a {saved.get('peft_type')} adapter, not LoRA")
+    _require_lora_tensors(path, adapter_keys(path, flag), flag)
+    return path
+
+
 def model_id(base_model: str | os.PathLike | None) -> str:
     """A short, stable name for cache keys and manifests."""
     if base_model is None or str(base_model) in EMBEDDED_ALIASES:
@@ -243,6 +292,9 @@ def load_base_model(
     """The causal LM in eval mode; ``quantization`` in {None, '8bit', '4bit'} (GPU, bitsandbytes)."""
     from transformers import AutoModelForCausalLM
 
+    from . import faults
+
+    faults.step("load_model")
     path = resolve_base_model(base_model)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
@@ -322,7 +374,9 @@ def adapter_keys(adapter_dir: str | os.PathLike, flag: str = "--resume_from_chec
                     return list(fh.keys())
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-            raise ModelError(f"{flag} {path}: cannot read {name} ({type(e).__name__}: {e})") from e
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise ModelError(f"{flag} {path}: cannot read {name} ({type(e).__name__}: {first}); the file is "
+                             "truncated or not an adapter, fine-tune again or copy it again") from None
         if not isinstance(state, dict):
             raise ModelError(f"{flag} {path}: {name} does not hold a state dict")
         return list(state)
@@ -354,7 +408,13 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
         raise ModelError(f"--resume_from_checkpoint {path}: no such directory")
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
-        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing")
+        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing; pass a LoRA adapter "
+                         "folder (the output_dir of finetune.py)")
+    try:
+        json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is unreadable ({type(e).__name__}); "
+                         "copy the adapter folder again") from None
     if not any((path / f).is_file() for f in ADAPTER_WEIGHTS):
         raise ModelError(
             f"--resume_from_checkpoint {path}: neither adapter_model.safetensors nor adapter_model.bin found"
@@ -371,7 +431,7 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
             f"--lora_r {have['r']} --lora_alpha {have['lora_alpha']} --lora_target_modules {' '.join(mods)} "
             f"(finetune.sh: LORA_R={have['r']} LORA_ALPHA={have['lora_alpha']} LORA_TARGET_MODULES={','.join(mods)})"
         )
-    _require_lora_tensors(path, adapter_keys(path))
+    check_adapter_folder(path, "--resume_from_checkpoint")  # weights readable, with lora_A/lora_B tensors
     return path
 
 

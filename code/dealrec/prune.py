@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .data import RecData, load_dataset
+from .data import DataError, RecData, load_dataset
 from .dist import dist_info, init_distributed
 from .fewshot import build_examples
 from .io import (
@@ -31,7 +31,9 @@ from .io import (
     Timer,
     cache_key,
     cached,
+    check_writable,
     file_hash,
+    load_checked,
     load_tensor,
     manifest_path,
     read_json,
@@ -41,6 +43,7 @@ from .io import (
     write_manifest,
 )
 from .llm import model_id
+from .locking import output_lock
 from .prune_config import PRUNE_ALIASES, STAGES, PruneConfig, SurrogateSection
 from .scores.baselines import el2n_scores, grand_scores
 from .scores.effort import EffortModel, effort_scores
@@ -105,7 +108,7 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
     path = surrogate_file(cfg)
     ckpt = cfg.surrogate.checkpoint
     if ckpt:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = load_checked(ckpt, "--surrogate_checkpoint", "a surrogate checkpoint (state_dict)")
         if not isinstance(state, dict):
             raise ValueError(f"--surrogate_checkpoint {ckpt}: expected a state_dict")
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -116,7 +119,8 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
             shapes = [k for k in set(want) & set(have) if want[k] != have[k]][:5]
             raise ValueError(
                 f"--surrogate_checkpoint {ckpt} does not match {cfg.surrogate.name} for "
-                f"{data.name} ({data.n_items} items): missing {missing}, unexpected {extra}, shape mismatch {shapes}"
+                f"{data.name} ({data.n_items} items): missing {missing}, unexpected {extra}, shape mismatch {shapes}; "
+                f"pass a checkpoint of {cfg.surrogate.name} trained on this data set (--surrogate {cfg.surrogate.name})"
             )
         model.load_state_dict(state)
         LOG.info("surrogate loaded from %s (training skipped)", ckpt)
@@ -210,6 +214,8 @@ def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
     hand-made ``train_49156.json``."""
     from .llm import load_tokenizer
 
+    cfg.validate()
+    check_writable(Path(path).parent, "--write_prompts")
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     examples = build_examples(data, range(data.n_users), "train", load_tokenizer(cfg.effort.base_model),
                               cfg.effort.cutoff_len)
@@ -337,8 +343,24 @@ def run(cfg: PruneConfig) -> dict:
     data = load_dataset(cfg.data_dir, cfg.data_name).subset_users(cfg.max_users)
     LOG.info("data %s: %s", cfg.data_name, data.summary())
     stage = cfg.stage
+    if not int(eligible_mask(data).sum()) and stage != "effort":
+        scope = f"the first {cfg.max_users} users of " if cfg.max_users else ""
+        raise DataError(f"no user of {scope}{data.root / 'sequential_train.txt'} has ≥ 3 training items: the surrogate "
+                        "has no target to learn or score and nobody can be selected (check the file, or raise "
+                        "--max_users)")
     if stage in ("all", "select"):
         check_budget(cfg, data)
+    check_writable(cfg.scores_path, "--score_dir")
+    if stage in ("all", "select"):
+        check_writable(cfg.selected_dir, "--selected_dir")
+    if not dist_info().main:  # several effort processes: rank 0 holds the lock for all
+        return _run_stages(cfg, data)
+    with output_lock(cfg.scores_path, flag="--score_dir"):
+        return _run_stages(cfg, data)
+
+
+def _run_stages(cfg: PruneConfig, data: RecData) -> dict:
+    stage = cfg.stage
     needs = strategy_spec(cfg.select.strategy).needs if stage in ("all", "select") else {stage}
     model = load_or_train_surrogate(cfg, data) if stage == "surrogate" else None
     scores = compute_scores(cfg, data, needs, model)

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import Alias, FlatView, from_flat, override
+from .io import load_checked
 from .scores.effort import EffortConfig
 from .scores.influence import InfluenceConfig
 from .select import STRATEGIES, SelectConfig, strategy_spec
@@ -105,7 +108,24 @@ class PruneConfig(FlatView):
                            ("effort_scores", self.effort_scores), ("train_data_path", self.train_data_path)):
             if path and not Path(path).is_file():
                 raise ValueError(f"--{flag} {path}: no such file")
+        _check_given_files(self)
         scfg = self.surrogate.config()  # raises on an unknown --surrogate_batching
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("eval_every", 0)):
+            if getattr(scfg, name) < low:
+                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(scfg, name)}")
+        if not scfg.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {scfg.lr}")
+        e = self.effort
+        for flag, value, low in (("cutoff_len", e.cutoff_len, 8), ("lora_r", e.lora_r, 1), ("lora_alpha", e.lora_alpha, 1),
+                                 ("effort_batch_tokens", e.max_batch_tokens, 1)):
+            if value < low:
+                raise ValueError(f"--{flag} must be ≥ {low}, got {value}")
+        uses_llm = self.stage == "effort" or (self.stage in ("all", "select")
+                                              and "effort" in strategy_spec(sel.strategy).needs)
+        if uses_llm and not self.effort_scores:
+            from .llm import check_model_folder
+
+            check_model_folder(e.base_model)
         self.influence_config().validate()
         if self.influence.params:  # names checked on a one-item skeleton of the surrogate (milliseconds)
             named = dict(build_surrogate(self.surrogate.name, 1, scfg).named_parameters())
@@ -199,3 +219,28 @@ PRUNE_ALIASES: dict[str, Alias] = {
     "k": Alias(("select.k",), note="number of strata"),
     "hard_prune": Alias(("select.hard_prune",)),
 }
+
+
+def _check_given_files(cfg: PruneConfig) -> None:
+    """The files given with --surrogate_checkpoint/--influence_scores/--effort_scores are what they
+    should be (one line naming the flag otherwise; their sizes are checked against the data later)."""
+    if cfg.surrogate.checkpoint:
+        state = load_checked(cfg.surrogate.checkpoint, "--surrogate_checkpoint",
+                             "a surrogate checkpoint (a state_dict saved by prune.py, e.g. scores/<data>/surrogate.pt)")
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(
+                f"--surrogate_checkpoint {cfg.surrogate.checkpoint}: expected a state_dict (a dict of tensors, e.g. "
+                f"scores/<data>/surrogate.pt), found a {type(state).__name__}"
+            )
+    for name in ("influence_scores", "effort_scores"):
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        s = load_checked(path, f"--{name}", f"a score file (a 1-D tensor saved by prune.py, e.g. scores/<data>/"
+                                            f"{name.split('_')[0]}.pt)")
+        if not isinstance(s, torch.Tensor) or s.dim() != 1 or not s.is_floating_point():
+            what = f"a {type(s).__name__}" if not isinstance(s, torch.Tensor) else f"a {s.dim()}-D {s.dtype} tensor"
+            raise ValueError(f"--{name} {path}: expected a 1-D float tensor of per-user scores, found {what}")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"--{name} {path}: {int((~torch.isfinite(s)).sum())} score(s) are NaN or infinite; "
+                             "compute the scores again")

@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from . import faults
 from .config import Alias, FlatView, from_flat, get, override
 from .data import load_dataset
 from .fewshot import build_examples, write_fewshot
@@ -57,8 +58,20 @@ from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
 from .ground import GROUND_AUTO, POOLING, evaluate_results
 from .hardware import cpu_precision
-from .io import LOG, Timer, cache_key, cached, file_hash, read_json, tensor_hash, write_json, write_manifest
+from .io import (
+    LOG,
+    Timer,
+    cache_key,
+    cached,
+    check_writable,
+    file_hash,
+    read_json,
+    tensor_hash,
+    write_json,
+    write_manifest,
+)
 from .llm import model_id
+from .locking import output_lock
 from .presets import DEFAULT_STRATEGIES
 from .presets import STUDY_PRESETS as PRESETS
 from .prune import (
@@ -235,6 +248,14 @@ class StudyConfig(FlatView):
         models = {self.prune.effort.base_model, self.finetune.base_model, self.generate.base_model}
         if len(models) > 1:
             raise ValueError(f"--base_model: the sections name different models {sorted(map(str, models))}; set one")
+        for name in ("num_beams", "max_new_tokens", "gen_batch_size", "sasrec_epochs", "surrogate_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("num_epochs", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be -1 (off) or ≥ 1, got {self.max_steps}")
         self.prune_config().validate()
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
@@ -355,7 +376,9 @@ class Study:
         needs = strategy_spec(strategy).needs
         tag = f"{pcfg.influence.negatives}-{pcfg.effort.target}-{'-'.join(sorted(needs))}"
         if tag not in self._scores:
-            self._scores[tag] = ScoreSet(**compute_scores(pcfg, self.pool, needs), eligible=self.eligible)
+            # shared by parallel study processes (--only prune / runs): one computes, the others wait and reuse
+            with output_lock(pcfg.scores_path, flag="--out_dir", wait=True):
+                self._scores[tag] = ScoreSet(**compute_scores(pcfg, self.pool, needs), eligible=self.eligible)
         return self._scores[tag]
 
     def prune(self) -> None:
@@ -488,6 +511,10 @@ class Study:
     def llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
         """Few-shot fine-tune, generate, ground and score one run (BIGRec, paper §5.1); the
         record (metrics, per-user hit ranks, timings) when there is one."""
+        with output_lock(self.run_dir(strategy, seed), flag="--out_dir", wait=True):
+            return self._llm_run(strategy, seed, users)
+
+    def _llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
         cfg = self.cfg
         name = f"{strategy}_s{seed}"
         params = self.llm_params(strategy, seed, users)
@@ -534,6 +561,17 @@ class Study:
         if rec is not None:
             return _row(rec)
         scfg = cfg.sasrec_config(seed)
+        lock = self.out / "sasrec" / f"{name}.json"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(lock, flag="--out_dir", wait=True):  # the reference row is run by every --only runs process
+            rec = self.records.get("sasrec", name, params)
+            if rec is not None:
+                return _row(rec)
+            return self._sasrec_train(label, seed, users, name, params, scfg)
+
+    def _sasrec_train(self, label: str, seed: int, users: list[int], name: str, params: dict[str, Any],
+                      scfg: SurrogateConfig) -> dict[str, Any]:
+        cfg = self.cfg
         model = build_surrogate("SASRec", self.data.n_items, scfg)
         with Timer() as t:
             res = train_surrogate(model, self.data, scfg, cfg.device, train_users=sorted(users))
@@ -581,6 +619,7 @@ class Study:
                     self.sasrec_run(strategy, seed, users)
                 if seed in seeds["llm"]:
                     self.llm_run(strategy, seed, users)
+                faults.step("study")
         for seed in seeds["sasrec"]:
             self.sasrec_run(REFERENCE, seed, self.candidates)
 
@@ -642,6 +681,7 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
         raise ValueError(f"--only must be one of {', '.join(ONLY)}; got {only!r}")
     start = time.time()
     study = Study(cfg)
+    check_writable(cfg.out, "--out_dir")
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out / "config.json", cfg.summary())
     LOG.info("records: %s", cfg.records)

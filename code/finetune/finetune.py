@@ -18,7 +18,7 @@ from pathlib import Path
 from dealrec.config import Alias, build_parser, parse
 from dealrec.dist import dist_info
 from dealrec.finetune import FinetuneConfig, train
-from dealrec.io import setup_logging
+from dealrec.io import discard_log, setup_logging
 from dealrec.llm import ModelError
 from dealrec.presets import finetune_preset
 
@@ -47,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.train_file or not cfg.output_dir:
         p.error("--train_data_path and --output_dir are required")
     main_rank = dist_info().main
-    log = setup_logging((a.log_file or Path(cfg.output_dir) / "finetune.log") if main_rank else None)
+    log = setup_logging((a.log_file or Path(cfg.output_dir) / "finetune.log") if main_rank else None,
+                        defer=a.log_file is None)  # inside --output_dir: written once the inputs passed
     for flag, value in ignored.items():
         log.warning("--%s %s has no effect: %s", flag, value, ALIASES[flag].note)
     log.info("fine-tuning with %s", cfg)
     try:
         res = train(cfg)
-    except (ModelError, FileNotFoundError, ValueError) as e:
+    except (ModelError, OSError, ValueError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     m = res.manifest
     if main_rank:

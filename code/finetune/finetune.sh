@@ -12,8 +12,9 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # alpaca-lora-7B; its rank, alpha and target modules must equal the run's --lora_r, --lora_alpha,
 # --lora_target_modules, or LORA_R, LORA_ALPHA, LORA_TARGET_MODULES when set: no defaults here,
 # FinetuneConfig's apply), GPU_IDS (all visible), DATA_DIR (folder holding <data_name>/;
-# default: the repository's data/), INFERENCE_ARGS / EVALUATE_ARGS (extra options of inference.py /
-# evaluate.py, e.g. INFERENCE_ARGS="--gen_precision bf16" EVALUATE_ARGS="--ground_precision bf16").
+# default: the repository's data/), LOG_DIR (logs/<data>/), INFERENCE_ARGS / EVALUATE_ARGS (extra
+# options of inference.py / evaluate.py, e.g. INFERENCE_ARGS="--gen_precision bf16"
+# EVALUATE_ARGS="--ground_precision bf16").
 # Outputs (relative to this folder): data/<data>/, model/<data>/<seed>_<n>/,
 #   results/<data>/<seed>_<n>.json (+ .metrics.json), logs/<data>/.
 set -euo pipefail
@@ -31,14 +32,19 @@ elif [[ -n "${1:-}" && "${1:-}" != --* ]]; then PRESET=$1; shift; fi
 SEEDS=${SEEDS:-0}
 N_FEWSHOT=${N_FEWSHOT:-1024}
 BASE_MODEL=${BASE_MODEL:-smollm2-135m-instruct}
-LOG_DIR="$HERE/logs/$DATASET"
-mkdir -p "$LOG_DIR"
+LOG_DIR=${LOG_DIR:-$HERE/logs/$DATASET}
 PRESET_ARGS=()
 if [[ -n "$PRESET" ]]; then
+    if ! "$PY" -c "import sys; from dealrec.presets import FINETUNE_PRESETS as P; sys.exit(sys.argv[1] not in P)" \
+            "$PRESET"; then
+        echo "unknown preset '$PRESET' (known: $("$PY" -c "from dealrec.presets import FINETUNE_PRESETS as P; print(', '.join(P))"))" >&2
+        exit 2
+    fi
     PRESET_ARGS=(--preset "$PRESET")
     # Shared 2-core machines: one thread per process avoids OpenMP thrashing.
     if [[ "$PRESET" == cpu-* ]]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 fi
+mkdir -p "$LOG_DIR"
 
 N_GPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [[ -n "${GPU_IDS:-}" ]]; then N_GPU=$(awk -F, '{print NF}' <<<"$GPU_IDS"); export CUDA_VISIBLE_DEVICES=$GPU_IDS; fi

@@ -16,7 +16,7 @@ from pathlib import Path
 from dealrec.config import Alias, build_parser, parse
 from dealrec.dist import dist_info
 from dealrec.generate import InferenceConfig, run_inference
-from dealrec.io import setup_logging
+from dealrec.io import discard_log, setup_logging
 from dealrec.llm import ModelError
 from dealrec.presets import finetune_preset
 
@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--test_data_path and --result_json_data are required")
     result = Path(cfg.result_file)
     log_file = a.log_file or result.with_name(result.stem + ".inference.log")
-    log = setup_logging(log_file if dist_info().main else None)
+    log = setup_logging(log_file if dist_info().main else None, defer=a.log_file is None)
     try:
         records = run_inference(cfg)
-    except (ModelError, FileNotFoundError, ValueError) as e:
+    except (ModelError, OSError, ValueError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     if records is not None:
         print(f"{len(records)} answers written to {result}")

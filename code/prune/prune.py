@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
             write_prompt_set(cfg, args.write_prompts)
         manifest = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
+        if manifest and args.out:
+            from dealrec.io import save_tensor, write_json
+
+            save_tensor(args.out, manifest["indices"])
+            write_json(f"{args.out}.json", manifest)
+    except (ValueError, OSError) as e:  # bad input, an unwritable output, another run on --score_dir
         log.error("%s", e)
         return 2
-    if manifest and args.out:
-        from dealrec.io import save_tensor, write_json
-
-        save_tensor(args.out, manifest["indices"])
-        write_json(f"{args.out}.json", manifest)
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..dist import dist_info
 from ..io import LOG, Timer, atomic_path, load_tensor, read_json, write_json
 from ..llm import (
@@ -234,12 +235,14 @@ class EffortModel:
             suffixes = [row[c:] for row in token_ids]
             for batch in self.batches(suffixes):
                 out[torch.tensor(batch)] = fast.batch_norms(pre, [suffixes[i] for i in batch]).cpu()
+                faults.step("effort")
                 if bar is not None:
                     bar.update(len(batch))
         else:
             for batch in self.batches(token_ids):
                 ids, mask = self.pad([token_ids[i] for i in batch])
                 out[torch.tensor(batch)] = self.batch_norms(ids, mask).cpu()
+                faults.step("effort")
                 if bar is not None:
                     bar.update(len(batch))
         if own:

@@ -28,6 +28,7 @@ import torch
 from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..io import LOG, Timer
 from ..surrogate import SASREC_INFLUENCE_PARAMS
 from ..surrogate.loss import NEGATIVE_MODES, LossModule
@@ -202,6 +203,7 @@ class InfluenceProblem:
             for t in tqdm(range(cfg.recursion_depth), desc=f"LiSSA {r + 1}/{cfg.iteration}", leave=False):
                 hv = self.hvp(picks[t:t + 1], h)
                 h = {k: v[k] + (1 - cfg.damp) * h[k] - hv[k] / cfg.scale for k in h}
+                faults.step("influence")
             for k in acc:
                 acc[k] += h[k]
         return {k: x / cfg.iteration for k, x in acc.items()}
@@ -220,6 +222,7 @@ class InfluenceProblem:
         rs = _dot(r, r)
         v_norm = float(rs.sqrt())
         for it in tqdm(range(cfg.cg_max_iter), desc="CG", leave=False):
+            faults.step("influence")
             ap = op(p)
             alpha = rs / _dot(p, ap)
             x = {k: x[k] + alpha * p[k] for k in x}

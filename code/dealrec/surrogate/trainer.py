@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..data import RecData
 from ..io import LOG, Timer
 from ..metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
@@ -176,6 +177,7 @@ def train_surrogate(
     best_score, best_state, best_epoch, best_valid, bad_evals = -1.0, None, -1, {}, 0
     history: list[dict] = []
     t_epoch, t_eval, n_eval = 0.0, 0.0, 0
+    faults.enter("surrogate")
     bar = tqdm(range(cfg.epochs), desc="surrogate epochs")
     for epoch in bar:
         with Timer() as t:
@@ -215,6 +217,7 @@ def train_surrogate(
                     break
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         history.append(record)
+        faults.step("surrogate")
     if best_state is not None:
         model.load_state_dict(best_state)
     else:

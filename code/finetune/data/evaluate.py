@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dealrec.config import build_parser, parse
 from dealrec.data import DataError, load_dataset
-from dealrec.ground import EvaluateConfig, evaluate_results, metrics_path
-from dealrec.io import manifest_path, read_json, resolve_device, setup_logging
+from dealrec.ground import EvaluateConfig, evaluate_results, metrics_path, parse_ks, result_data_name
+from dealrec.io import discard_log, resolve_device, setup_logging
 from dealrec.llm import ModelError
 from dealrec.metrics import format_table
 from dealrec.presets import finetune_preset
@@ -37,19 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         result = Path(a.input_dir) / (a.data_name or "games") / f"{a.filename}.json"
     else:
         p.error("give --result_file or --filename")
-    data_name = a.data_name
-    if data_name is None and manifest_path(result).is_file():
-        data_name = read_json(manifest_path(result)).get("data_name")
-    data_name = data_name or "games"
-    log = setup_logging(ns.log_file or result.with_name(result.stem + ".evaluate.log"))
+    data_name = a.data_name or result_data_name(result) or "games"
+    log = setup_logging(ns.log_file or result.with_name(result.stem + ".evaluate.log"), defer=ns.log_file is None)
     try:
+        ks = parse_ks(",".join(map(str, a.ks)))
         data = load_dataset(a.data_dir, data_name)
         report = evaluate_results(
-            result, data, a.base_model, list(a.ks), a.batch_size,
+            result, data, a.base_model, ks, a.batch_size,
             resolve_device(a.gpu), a.max_items, precision=a.ground_precision,
         )
-    except (DataError, ModelError, FileNotFoundError, ValueError) as e:
+    except (DataError, ModelError, OSError, ValueError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     print(format_table(report, report["ks"], names=("Recall", "NDCG", "Precision", "MRR")))
     print(f"users {report['n_users']}  empty generations {report['n_empty']}  "

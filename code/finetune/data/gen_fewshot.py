@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dealrec.config import build_parser, parse
 from dealrec.data import DataError, load_dataset
-from dealrec.fewshot import FewshotConfig, load_selection, write_fewshot
-from dealrec.io import setup_logging
+from dealrec.fewshot import FewshotConfig, check_fewshot_args, load_selection, write_fewshot
+from dealrec.io import discard_log, setup_logging
 from dealrec.llm import ModelError, load_tokenizer
 from dealrec.presets import finetune_preset
 
@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     a, ns, _ = parse(FewshotConfig, argv, {}, PRESETS, base, parser=p)
 
     out_dir = Path(a.out_dir) if a.out_dir else HERE / a.data_name
-    log = setup_logging(ns.log_file or out_dir / "gen_fewshot.log")
+    log = setup_logging(ns.log_file or out_dir / "gen_fewshot.log", defer=ns.log_file is None)
     try:
+        check_fewshot_args(a.n_sample, a.cutoff_len, a.max_test_users)
         data = load_dataset(a.data_dir, a.data_name)
         selection_file = None
         if a.n_sample == data.n_users and a.selected is None:
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             selection_file=selection_file, base_model=a.base_model, max_test_users=a.max_test_users,
             overwrite=a.overwrite,
         )
-    except (DataError, ModelError, ValueError) as e:
+    except (DataError, ModelError, ValueError, OSError) as e:
         log.error("%s", e)
+        discard_log()
         return 2
     for split, path in paths.items():
         print(f"{split}: {path}")
