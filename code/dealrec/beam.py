@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .padding import pad_batch
 from .scores.effort_prefix import _cache_kwarg, _out_cache, common_prefix_len
 
 NEG = -1.0e9  # transformers' "minus infinity" for beam scores
@@ -80,13 +81,8 @@ def _prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Sha
     c = len(prefix.ids) if prefix is not None else 0
     if prefix is not None and any(list(s[:c]) != prefix.ids for s in seqs):
         raise ValueError("a prompt does not start with the shared prefix")
-    tails = [list(s[c:]) for s in seqs]
-    b, w = len(tails), max(len(t) for t in tails)
-    ids = torch.full((b, w), pad_id, dtype=torch.long)
-    smask = torch.zeros((b, w), dtype=torch.long)
-    for i, t in enumerate(tails):
-        ids[i, w - len(t):] = torch.tensor(t, dtype=torch.long)
-        smask[i, w - len(t):] = 1
+    ids, smask = pad_batch([list(s[c:]) for s in seqs], pad_id, "left")
+    b = ids.shape[0]
     pos = c + (smask.cumsum(1) - 1).clamp(min=0)
     mask = torch.cat([torch.ones((b, c), dtype=torch.long), smask], 1)
     kw: dict[str, Any] = {}

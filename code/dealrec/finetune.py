@@ -60,7 +60,7 @@ from .locking import output_lock
 from .prompts import tokenize_prompt
 
 MANIFEST = "finetune_manifest.json"
-TRAIN_AUTO = "fp32"  # what --train_precision auto runs on a CPU (README "Performance")
+TRAIN_AUTO = "bf16"  # --train_precision auto on a CPU: bf16 autocast where native (loss within seed noise: README "Performance")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
