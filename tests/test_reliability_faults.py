@@ -263,7 +263,7 @@ def test_study_killed_and_resumed(data_dir, base_model, tmp_path, run):
     assert not (out / "REPORT.md").exists() and not (out / "results.json").exists()
     assert not (out / "runs" / "random_s0" / "adapter" / "adapter_config.json").exists()
     no_temporaries(out)
-    kept = [out / "runs" / "random_s0" / "selection.pt", out / "sasrec" / "random_s0.json"]
+    kept = [out / "records" / "selection" / "random_s0.json", out / "records" / "sasrec" / "random_s0.json"]
     stamps = {f: f.stat().st_mtime_ns for f in kept}
     proc = run("reproduce.py", study_args(data_dir, base_model, out), env=base_env(**env))
     ok(proc)
