@@ -266,11 +266,18 @@ def namespace_values(ns: argparse.Namespace, cls: type,
             if a.reduce is not None:
                 v = a.reduce(v)
             for t in a.targets:
-                values[t] = _convert(known[t].type, v)
+                values[t] = _converted(known[t].type, v, key[6:])
     for key, v in vars(ns).items():
         if key in known:
-            values[key] = _convert(known[key].type, v)
+            values[key] = _converted(known[key].type, v, key)
     return values, ignored
+
+
+def _converted(tp: Any, value: Any, flag: str) -> Any:
+    try:
+        return _convert(tp, value)
+    except ValueError as e:
+        raise ValueError(f"argument --{flag}: invalid value {value!r} ({e})") from None
 
 
 def parse(cls: type, argv: Sequence[str] | None = None, aliases: Mapping[str, Alias] = types.MappingProxyType({}),
@@ -284,7 +291,10 @@ def parse(cls: type, argv: Sequence[str] | None = None, aliases: Mapping[str, Al
     preset = getattr(ns, PRESET, None)
     if preset:
         cfg = from_flat(cls, aliases, base=cfg, **presets[preset])
-    values, ignored = namespace_values(ns, cls, aliases)
+    try:
+        values, ignored = namespace_values(ns, cls, aliases)
+    except ValueError as e:  # a list or typed value that does not convert: one usage line, no traceback
+        p.error(str(e))
     return override(cfg, values), ns, ignored
 
 

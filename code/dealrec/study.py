@@ -511,6 +511,9 @@ class Study:
     def llm_run(self, strategy: str, seed: int, users: list[int]) -> dict[str, Any]:
         """Few-shot fine-tune, generate, ground and score one run (BIGRec, paper §5.1); the
         record (metrics, per-user hit ranks, timings) when there is one."""
+        rec = self.records.get("llm", f"{strategy}_s{seed}", self.llm_params(strategy, seed, users))
+        if rec is not None:  # recorded: no run folder, no lock
+            return {**_row(rec), **rec.get("timings", {})}
         with output_lock(self.run_dir(strategy, seed), flag="--out_dir", wait=True):
             return self._llm_run(strategy, seed, users)
 
