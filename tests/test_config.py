@@ -376,3 +376,19 @@ def test_every_cli_lists_its_flags(script, flag):
                           cwd=REPO / Path(script).parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert flag in proc.stdout
+
+
+def test_given_score_file_is_refused_for_a_strategy_that_rescored(tmp_path):
+    """prune.py --strategy dealrec-stable --effort_scores F: F holds lora_B effort, the strategy
+    needs base-weight effort, so the file cannot be used (the study drops it instead)."""
+    import pytest
+    import torch
+
+    from dealrec.prune_config import PruneConfig
+
+    f = tmp_path / "effort.pt"
+    torch.save(torch.zeros(3), f)
+    cfg = PruneConfig.flat(effort_scores=str(f), strategy="dealrec-stable")
+    with pytest.raises(ValueError, match=r"--effort_scores .*dealrec-stable scores with effort.target=base"):
+        cfg.for_strategy()
+    assert PruneConfig.flat(effort_scores=str(f)).for_strategy().effort_scores == str(f)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import Alias, FlatView, from_flat, override
+from .config import Alias, FlatView, from_flat, get, override
 from .io import load_checked
 from .scores.effort import EffortConfig
 from .scores.influence import InfluenceConfig
@@ -79,6 +79,14 @@ class PruneConfig(FlatView):
         if name not in STRATEGIES:
             raise ValueError(f"unknown --strategy {name!r}; registered: {', '.join(sorted(STRATEGIES))}")
         spec = strategy_spec(name)
+        for section in ("influence", "effort"):
+            changed = {k: v for k, v in spec.scoring.items() if k.startswith(f"{section}.") and get(self, k) != v}
+            given = getattr(self, f"{section}_scores")
+            if changed and given:
+                want = ", ".join(f"{k}={v}" for k, v in changed.items())
+                raise ValueError(f"--{section}_scores {given}: --strategy {name} scores with {want}, which a given "
+                                 f"file cannot be checked for; drop --{section}_scores (they are then computed with "
+                                 "those settings)")
         return override(self, {"select.strategy": spec.name, **spec.scoring})
 
     @staticmethod
