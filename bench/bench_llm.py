@@ -122,7 +122,7 @@ def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
               flush=True)
     agree = {}
     ref = None
-    for eng, prec in paths:
+    for eng, prec in paths if a.agree_n else []:
         t = time.perf_counter()
         ans = generate(model, tok, ex[: a.agree_n], num_beams=1, max_new_tokens=24, batch_size=a.gen_batch,
                        progress=True, engine=eng, precision=prec)
