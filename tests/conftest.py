@@ -166,3 +166,15 @@ def byo_models(tmp_path_factory):
         torch.set_num_threads(n)
     (models["llama-json"] / "tokenizer.model").unlink()  # tokenizer.json alone (as Llama-3 and later)
     return models
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    """Pre-imported interpreters to fork the reliability tests' script runs from (None: plain
+    subprocesses, ``DEALREC_TEST_NO_FORK=1``)."""
+    from _reliability import Zygote, use_fork
+
+    z = Zygote() if use_fork() else None
+    yield z
+    if z is not None:
+        z.close()

@@ -22,21 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability import Zygote, base_env, use_fork
+from _reliability import base_env
 from _reliability import run as spawn
 
 pytestmark = pytest.mark.slow
 
 RNG = random.Random(int(os.environ.get("DEALREC_KILL_SEED", "0")))
 N_USERS = 24
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote() if use_fork() else None
-    yield z
-    if z is not None:
-        z.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _reliability import EXPENSIVE, PY, Zygote, base_env, error_lines, leftovers, make_world, run, use_fork
+from _reliability import EXPENSIVE, PY, base_env, error_lines, leftovers, make_world, run
 
 from dealrec.io import LOG
 from dealrec.locking import LockError, lock_path, output_lock
@@ -50,14 +50,6 @@ class Holder:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote() if use_fork() else None
-    yield z
-    if z is not None:
-        z.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from .llm import cache_kwarg, output_cache
 from .padding import pad_batch
-from .scores.effort_prefix import _cache_kwarg, _out_cache, common_prefix_len
+from .scores.effort_prefix import common_prefix_len
 
 NEG = -1.0e9  # transformers' "minus infinity" for beam scores
 
@@ -71,7 +72,7 @@ def shared_prefix(model: Any, seqs: Sequence[Sequence[int]]) -> SharedPrefix | N
     ids = torch.tensor([list(seqs[0][:c])], device=device)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(c, device=device)[None],
                 use_cache=True, logits_to_keep=1)
-    return SharedPrefix(list(seqs[0][:c]), _out_cache(out))
+    return SharedPrefix(list(seqs[0][:c]), output_cache(out))
 
 
 def _prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: SharedPrefix | None
@@ -89,16 +90,16 @@ def _prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Sha
     if prefix is not None:
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(b)
-        kw[_cache_kwarg(model)] = cache
+        kw[cache_kwarg(model)] = cache
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
-    return out.logits[:, -1].float(), _out_cache(out), mask, pos[:, -1] + 1
+    return out.logits[:, -1].float(), output_cache(out), mask, pos[:, -1] + 1
 
 
 def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor, next_pos: torch.Tensor,
             max_new_tokens: int, eos: torch.Tensor) -> list[list[int]]:
     """transformers' greedy search: the arg-max token until EOS (kept) or ``max_new_tokens``."""
-    b, ckw = logits.shape[0], _cache_kwarg(model)
+    b, ckw = logits.shape[0], cache_kwarg(model)
     out = [[] for _ in range(b)]
     running = torch.ones(b, dtype=torch.bool, device=logits.device)
     for t in range(max_new_tokens):
@@ -111,7 +112,7 @@ def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor, ne
         mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=mask.device)], 1)
         o = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
                   logits_to_keep=1, **{ckw: cache})
-        logits, cache = o.logits[:, -1].float(), _out_cache(o)
+        logits, cache = o.logits[:, -1].float(), output_cache(o)
         next_pos = next_pos + 1
     return out
 
@@ -158,7 +159,7 @@ def beam_search(
     is_finished = torch.zeros((b, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((b, k), dtype=torch.long, device=device)  # tokens in each finished beam
     improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
-    ckw = _cache_kwarg(model)
+    ckw = cache_kwarg(model)
     expanded = False
 
     for t in range(max_new_tokens):
@@ -210,7 +211,7 @@ def beam_search(
         mask = torch.cat([mask, torch.ones((b * k, 1), dtype=mask.dtype, device=device)], 1)
         out = model(input_ids=running[:, :, t].reshape(b * k, 1), attention_mask=mask,
                     position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1, **{ckw: cache})
-        logits, cache = out.logits[:, -1].float(), _out_cache(out)
+        logits, cache = out.logits[:, -1].float(), output_cache(out)
         next_pos = next_pos + 1
 
     best_len = lengths[:, 0].tolist()

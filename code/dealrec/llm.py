@@ -10,6 +10,7 @@ GGUF file is converted once into a safetensors model directory under the cache f
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -348,12 +349,9 @@ def lora_config(
 
 def parse_modules(values: str | list[str] | tuple[str, ...]) -> list[str]:
     """Target modules from the command line: ``q_proj v_proj``, ``q_proj,v_proj`` or ``[q_proj,v_proj]``."""
-    if isinstance(values, str):
-        values = [values]
-    out: list[str] = []
-    for v in values:
-        out += [m.strip().strip("'\"") for m in v.strip().strip("[]").split(",") if m.strip().strip("'\"")]
-    return out
+    from .config import split_list
+
+    return split_list(values, str)
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -500,3 +498,16 @@ def add_lora(model: Any, config: Any, adapter_dir: str | os.PathLike | None = No
         path = check_adapter(adapter_dir, config)
         return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout, flag="--resume_from_checkpoint")
     return get_peft_model(model, config)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The KV-cache keyword of the model's forward: ``cache`` in newer transformers, else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (``cache`` or ``past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

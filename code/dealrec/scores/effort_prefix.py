@@ -27,7 +27,6 @@ quantised ones (``torch.ao.quantization.quantize_dynamic``, CPU only, LoRA merge
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 from ..hardware import native_bf16
 from ..io import LOG
-from ..llm import ModelError
+from ..llm import ModelError, cache_kwarg, output_cache
 from ..padding import pad_batch
 from .grad_hook import weight_grads
 
@@ -154,18 +153,6 @@ def lower_layers_in_bf16(layers: Any, target_index: int, device: torch.device):
         h2.remove()
 
 
-def _cache_kwarg(model: Any) -> str:
-    """transformers ≥ 5.? names the KV cache argument ``cache``; earlier ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
 @dataclass
 class Prefix:
     """What the shared prefix contributes: its cache, the target's inputs there, and G_c."""
@@ -181,7 +168,7 @@ class PrefixEffort:
 
     def __init__(self, em: Any) -> None:  # em: EffortModel
         self.em = em
-        self.cache_kwarg = _cache_kwarg(em.model)
+        self.cache_kwarg = cache_kwarg(em.model)
         self.layer_index = em.cfg.layer % len(em.layers)
         self.scaling = 1.0
         if em.cfg.target == "lora_B":  # v = base(x) + scaling · lora_B(lora_A(x))
@@ -212,7 +199,7 @@ class PrefixEffort:
                 loss = F.cross_entropy(logits, t[0, 1:], reduction="sum")
                 (g,) = torch.autograd.grad(loss, hook.out)
         x = hook.take()[0][0].float()
-        cache = _out_cache(out)
+        cache = output_cache(out)
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
         return Prefix(ids[:c], cache, x, g[0].float().T @ x)
