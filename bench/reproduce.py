@@ -28,11 +28,12 @@ def parse_args(argv: list[str] | None = None):
     ``--learning_rate`` …) or dotted name (``--finetune.lora_r``); lists comma-separated."""
     from dealrec.config import Alias, build_parser, namespace_values, override
     from dealrec.io import resolve_device
-    from dealrec.study import ONLY, PRESETS, STUDY_ALIASES, StudyConfig
+    from dealrec.study import ONLY, PER_RUN, PRESETS, STUDY_ALIASES, StudyConfig
 
     aliases = {**STUDY_ALIASES, "gpu_id": Alias(("prune.device",), type=lambda s: str(resolve_device(s)),
                                                 note="GPU index or 'cpu' (default: cpu)")}
-    p = build_parser(StudyConfig, aliases, base=StudyConfig.flat(data_dir=str(REPO / "data")), description=__doc__)
+    p = build_parser(StudyConfig, aliases, base=StudyConfig.flat(data_dir=str(REPO / "data")), hidden=PER_RUN,
+                     description=__doc__)
     p.add_argument("--only", choices=ONLY, default="all",
                    help="one part: prune (scores), embed (item titles for grounding), runs, report")
     p.add_argument("--log_file", default=None)

@@ -128,7 +128,7 @@ def test_config_errors(tmp_path):
         EffortModel.load(EffortConfig(target="bogus"))  # before loading anything
     empty = tmp_path / "adapter"
     empty.mkdir()
-    with pytest.raises(ModelError, match="adapter_config.json is missing"):
+    with pytest.raises(ModelError, match="no adapter_config.json"):
         EffortModel.load(EffortConfig(cutoff_len=CUTOFF, resume_from_checkpoint=str(empty)))
     with pytest.raises(ModelError, match="no such directory"):
         EffortModel.load(EffortConfig(cutoff_len=CUTOFF, resume_from_checkpoint=str(tmp_path / "nope")))

@@ -136,7 +136,7 @@ def test_check_adapter_missing_dir(tmp_path):
 
 def test_check_adapter_missing_config(tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\0")
-    with pytest.raises(ModelError, match="adapter_config.json is missing"):
+    with pytest.raises(ModelError, match="no adapter_config.json"):
         check_adapter(tmp_path, lora_config())
 
 

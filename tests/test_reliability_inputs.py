@@ -317,7 +317,7 @@ CASES: list[Case] = [
     Case("lora-is-file", "wrong kind", "inference.py", INF + ["--lora_weights", "{W}/sel.pt"],
          ("--lora_weights", "sel.pt: no such directory")),
     Case("warm-start-empty", "adapter/model folders", "finetune.py", FT + ["--resume_from_checkpoint", "{C}/adapter"],
-         ("--resume_from_checkpoint", "adapter_config.json is missing"), lambda w, c: adapter(c)),
+         ("--resume_from_checkpoint", "no adapter_config.json"), lambda w, c: adapter(c)),
     Case("base-missing", "adapter/model folders", "finetune.py", FT + ["--base_model", "{C}/none"],
          ("--base_model", "none: no such directory", "local Hugging Face model folder")),
     Case("base-no-config", "adapter/model folders", "inference.py", INF + ["--base_model", "{C}/model"],

@@ -15,7 +15,7 @@ import pytest
 from dealrec.io import logging_restored, read_json
 from dealrec.paired import metrics_from_ranks
 from dealrec.study import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
-from dealrec.study_report import paired_results, paired_table
+from dealrec.study_report import REFERENCE, paired_results, paired_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,6 +193,20 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
         assert stale == [("llm", s, 0) for s in ("dealrec", "dealrec-stable", "random")]
         stale = Study(cli.parse_args([*args, "--seeds", "0,1"])[0]).pending()
         assert stale == [("llm", s, 1) for s in ("dealrec", "dealrec-stable", "random")]
+        assert Study(cli.parse_args([*args, "--seeds", "0,1", "--signals", "sasrec"])[0]).pending() == []
+        assert Study(cli.parse_args([*args, "--reference_seeds", "0,7"])[0]).pending() == [("sasrec", REFERENCE, 7)]
+
+        # a study spread over sittings: the report covers the recorded runs and names the missing ones
+        (records / "llm" / "random_s0.json").unlink()
+        (records / "sasrec" / "dealrec_s1.json").unlink()
+        assert cli.main([*args, "--only", "report"]) == 0
+        partial = read_json(out / "results.json")
+        assert partial["pending"] == [["sasrec", "dealrec", 1], ["llm", "random", 0]]
+        assert [r["strategy"] for r in partial["llm"]] == ["dealrec", "dealrec-stable"]
+        assert partial["paired"]["llm"] == {} and partial["paired"]["sasrec"]["dealrec"]["Recall@20"]["seeds"] == 1
+        text = (out / "REPORT.md").read_text()
+        assert "## Partial report" in text and "LLM random seeds [0]" in text and "SASRec dealrec seeds [1]" in text
+        assert Study(cli.parse_args(args)[0]).pending() == [("sasrec", "dealrec", 1), ("llm", "random", 0)]
 
 
 def test_full_preset():
@@ -202,11 +216,17 @@ def test_full_preset():
     assert {"dealrec", "dealrec-stable", "random", "influence", "effort", "greedy"} <= set(cfg.strategies)
     assert len(cfg.seeds) >= 3 and len(cfg.signal_seeds["sasrec"]) >= 5 and set(cfg.seeds) <= set(cfg.sasrec_seeds)
     assert cfg.records == Path("docs/study/full") and cfg.all_seeds == cfg.sasrec_seeds
+    assert cfg.reference == (0,) and StudyConfig.flat(sasrec_seeds=(3, 4)).reference == (3, 4)
+    with pytest.raises(ValueError, match="--signals"):
+        StudyConfig.flat(signals=("llm", "bert")).validate()
     assert StudyConfig.flat(n=8).records == Path("results/games_8/records")
     assert StudyConfig.flat(n=8, record_dir="/x").records == Path("/x")
     cli = _load_cli()
     cfg, _ = cli.parse_args(["--preset", "full", "--test_users", "500"])
     assert cfg.records == REPO / "docs" / "study" / "full" and cfg.test_users == 500
+    for flag in ("--generate.result_file", "--result_file", "--finetune.output_dir", "--prune.score_dir"):
+        with pytest.raises(SystemExit):  # set per run by the study: not an option
+            cli.parse_args([flag, "x"])
     with pytest.raises(ValueError, match="--sasrec_seeds"):
         StudyConfig.flat(sasrec_seeds=(1, 1)).validate()
 

@@ -199,13 +199,14 @@ def _convert(tp: Any, value: Any) -> Any:
 
 def build_parser(cls: type, aliases: Mapping[str, Alias] = types.MappingProxyType({}),
                  presets: Mapping[str, Mapping[str, Any]] | None = None, base: Any = None,
-                 **parser_kwargs: Any) -> argparse.ArgumentParser:
-    """An ``argparse`` parser: ``--<dotted name>`` per setting, the flat ``aliases``, and
-    ``--preset`` when ``presets`` are given. Unset flags stay out of the namespace."""
+                 hidden: Sequence[str] = (), **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """An ``argparse`` parser: ``--<dotted name>`` per setting (except the ``hidden`` ones, which
+    the caller sets itself), the flat ``aliases``, and ``--preset`` when ``presets`` are given.
+    Unset flags stay out of the namespace."""
     parser_kwargs.setdefault("usage", "%(prog)s [options]  (--help lists them)")
     p = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter, **parser_kwargs)
     base = base if base is not None else cls()
-    known = settings(cls)
+    known = {k: v for k, v in settings(cls).items() if k not in hidden}
     if presets:
         p.add_argument("--preset", choices=sorted(presets), default=argparse.SUPPRESS,
                        help="a named set of overrides, applied before the other options")
@@ -224,8 +225,10 @@ def build_parser(cls: type, aliases: Mapping[str, Alias] = types.MappingProxyTyp
         flags += [f"--{a}" for a in flat_of.get(name, []) if len(aliases[a].targets) == 1 and aliases[a].nargs is None
                   and aliases[a].const is UNSET and aliases[a].type is None and f"--{a}" not in flags]
         default = _current(base, name, s.default)
+        notes = [aliases[f[2:]].note for f in flags if f[2:] in aliases and aliases[f[2:]].note]
+        text = "; ".join([*([s.help] if s.help else []), *notes])
         p.add_argument(*flags, dest=name, default=argparse.SUPPRESS, **_argparse_kwargs(s.type),
-                       help=f"{s.help + ' ' if s.help else ''}(default: {default})")
+                       help=f"{text + ' ' if text else ''}(default: {default})")
     for a_name, a in aliases.items():
         if len(a.targets) == 1 and a.const is UNSET and a.type is None and a.nargs is None and not a.ignored:
             continue  # added beside its setting above

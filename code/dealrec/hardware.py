@@ -58,12 +58,17 @@ def describe() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
 
+class PrecisionError(ValueError):
+    """A precision that this machine cannot run as asked; the message says what to do."""
+
+
 def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: str = "fp32",
-                  warn: bool = True) -> str:
+                  warn: bool = True, force: str | None = None) -> str:
     """The precision a CPU stage runs in: ``fp32`` or ``bf16`` (bf16 only on a CPU that multiplies
     it natively). ``auto`` runs the stage's measured choice (``auto=``), bf16 only where native.
-    bf16 asked where it is not native warns (``warn``) and runs fp32; on a GPU the model's own
-    dtype is kept (``fp32`` returned: no CPU-side cast)."""
+    bf16 asked where it is not native warns (``warn``) and runs fp32, or, with ``force`` (the flag
+    that forces it), raises :class:`PrecisionError`; on a GPU the model's own dtype is kept
+    (``fp32`` returned: no CPU-side cast)."""
     import logging
     import warnings
 
@@ -73,10 +78,12 @@ def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: s
         return "fp32"
     want = auto if requested == "auto" else requested
     if want == "bf16" and not native_bf16():
+        msg = (f"{flag} bf16: this CPU ({cpu_name()}) has no native bf16 (no avx512_bf16/amx_bf16 flag), "
+               "where bf16 is emulated and slower")
+        if requested == "bf16" and force:
+            raise PrecisionError(f"{msg}; drop {force} to fall back to fp32")
         if requested == "bf16" and warn:
-            msg = (f"{flag} bf16: this CPU ({cpu_name()}) has no native bf16 (no avx512_bf16/amx_bf16 flag), "
-                   "where bf16 is emulated and slower; using fp32")
-            warnings.warn(msg, stacklevel=2)
-            logging.getLogger("dealrec").warning("%s", msg)
+            warnings.warn(f"{msg}; using fp32", stacklevel=2)
+            logging.getLogger("dealrec").warning("%s; using fp32", msg)
         return "fp32"
     return want

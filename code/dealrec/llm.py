@@ -138,7 +138,7 @@ def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_wei
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise ModelError(f"{flag} {path}: no adapter_config.json; is fine-tuning finished? "
-                         "(pass the output_dir of finetune.py)")
+                         "(pass a LoRA adapter folder: the output_dir of finetune.py)")
     try:
         saved = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -401,25 +401,8 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
     adapter); the run's dropout applies. An adapter whose weights file holds no LoRA tensors
     (the empty ``adapter_model.bin`` that old alpaca-lora/peft combinations saved) is refused.
     """
-    path = Path(adapter_dir)
-    if not path.is_dir():
-        raise ModelError(f"--resume_from_checkpoint {path}: no such directory")
-    cfg_file = path / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is missing; pass a LoRA adapter "
-                         "folder (the output_dir of finetune.py)")
-    try:
-        json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"--resume_from_checkpoint {path}: adapter_config.json is unreadable ({type(e).__name__}); "
-                         "copy the adapter folder again") from None
-    if not any((path / f).is_file() for f in ADAPTER_WEIGHTS):
-        raise ModelError(
-            f"--resume_from_checkpoint {path}: neither adapter_model.safetensors nor adapter_model.bin found"
-        )
-    saved = _read_json(cfg_file)
-    if saved.get("peft_type", "LORA") != "LORA":
-        raise ModelError(f"--resume_from_checkpoint {path}: a {saved.get('peft_type')} adapter, not LoRA")
+    path = check_adapter_folder(adapter_dir, "--resume_from_checkpoint")  # config, weights with lora_A/lora_B
+    saved = _read_json(path / "adapter_config.json")
     have, wanted = _lora_shape(saved), _lora_shape(config)
     if have != wanted:
         mods = have["target_modules"]
@@ -429,7 +412,6 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
             f"--lora_r {have['r']} --lora_alpha {have['lora_alpha']} --lora_target_modules {' '.join(mods)} "
             f"(finetune.sh: LORA_R={have['r']} LORA_ALPHA={have['lora_alpha']} LORA_TARGET_MODULES={','.join(mods)})"
         )
-    check_adapter_folder(path, "--resume_from_checkpoint")  # weights readable, with lora_A/lora_B tensors
     return path
 
 

@@ -79,7 +79,7 @@ STUDY_PRESETS: dict[str, Preset] = {
     # pruning CLI's effort default, so effort scores computed by prune.py can be reused).
     "full": {
         "prune.select.n_fewshot": 1024, "strategies": FULL_STRATEGIES, "seeds": (0, 1, 2),
-        "sasrec_seeds": (0, 1, 2, 3, 4), "prune.max_users": None, "test_users": 2000, "test_seed": 0,
+        "sasrec_seeds": (0, 1, 2, 3, 4), "reference_seeds": (0,), "prune.max_users": None, "test_users": 2000, "test_seed": 0,
         "cutoff_len": 512, "finetune.batch_size": 8, "finetune.micro_batch_size": 4, "finetune.num_epochs": 2.0,
         "finetune.learning_rate": 2e-3, "finetune.warmup_steps": 4, "finetune.train_on_inputs": False,
         "finetune.val_set_size": 32, "finetune.eval_steps": 64, "generate.num_beams": 1,

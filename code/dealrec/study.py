@@ -99,6 +99,10 @@ from .study_report import (
 from .surrogate import build_surrogate
 from .surrogate.trainer import SurrogateConfig, train_surrogate
 
+SIGNALS = ("llm", "sasrec")
+# Settings the study sets per run (paths inside <out>): not options of its command line.
+PER_RUN = ("prune.score_dir", "prune.selected_dir", "finetune.train_file", "finetune.val_file", "finetune.output_dir",
+           "generate.test_file", "generate.result_file", "generate.lora_weights")
 _SEEDS = ("prune.surrogate.train.seed", "prune.influence.seed", "prune.effort.seed", "prune.select.seed")
 # The earlier flat settings of the study, in their order (REPORT.md's configuration lists them):
 # each names the setting(s) it stands for.
@@ -141,7 +145,7 @@ SUMMARY_ORDER = (
     "cutoff_len", "batch_size", "micro_batch_size", "num_epochs", "learning_rate", "warmup_steps", "train_on_inputs",
     "max_steps", "val_set_size", "eval_steps", "num_beams", "max_new_tokens", "gen_batch_size", "max_items",
     "sasrec_seeds", "sasrec_epochs", "sasrec_eval_every", "sasrec_patience", "record_dir", "gen_engine",
-    "gen_precision", "train_precision", "ground_precision",
+    "gen_precision", "train_precision", "ground_precision", "reference_seeds", "signals",
 )
 
 # The study's defaults where they differ from the stage configurations' own (a CPU-sized run).
@@ -167,8 +171,12 @@ class StudyConfig(FlatView):
     # named preset (relative to the working directory; bench/reproduce.py anchors it at the
     # repository), else <out>/records
     record_dir: str | None = None
+    # which signals `--only runs` computes (the report shows every recorded run of both)
+    signals: tuple[str, ...] = SIGNALS
     # second signal: SASRec trained on the selection only
     sasrec_seeds: tuple[int, ...] | None = None  # its seeds (None: seeds); cheap, so it may have more
+    # the seeds of the full-data reference row (SASRec on every candidate; None: sasrec_seeds)
+    reference_seeds: tuple[int, ...] | None = None
     sasrec_epochs: int = 100
     sasrec_eval_every: int = 10
     sasrec_patience: int = 2
@@ -220,6 +228,11 @@ class StudyConfig(FlatView):
         return {"llm": tuple(self.seeds), "sasrec": tuple(self.sasrec_seeds or self.seeds)}
 
     @property
+    def reference(self) -> tuple[int, ...]:
+        """The seeds of the full-data reference row: ``reference_seeds``, else SASRec's."""
+        return tuple(self.signal_seeds["sasrec"] if self.reference_seeds is None else self.reference_seeds)
+
+    @property
     def all_seeds(self) -> tuple[int, ...]:
         """Every seed of either signal (a selection per strategy and seed), in order."""
         return tuple(dict.fromkeys((*self.seeds, *(self.sasrec_seeds or ()))))
@@ -239,6 +252,10 @@ class StudyConfig(FlatView):
             raise ValueError(f"--seeds must be distinct and non-empty, got {list(self.seeds)}")
         if self.sasrec_seeds is not None and (not self.sasrec_seeds or len(set(self.sasrec_seeds)) != len(self.sasrec_seeds)):
             raise ValueError(f"--sasrec_seeds must be distinct and non-empty (or omitted), got {list(self.sasrec_seeds)}")
+        if self.reference_seeds is not None and len(set(self.reference_seeds)) != len(self.reference_seeds):
+            raise ValueError(f"--reference_seeds must be distinct, got {list(self.reference_seeds)}")
+        if not self.signals or set(self.signals) - set(SIGNALS):
+            raise ValueError(f"--signals: choose from {', '.join(SIGNALS)}, got {list(self.signals)}")
         for name in ("pool_users", "test_users", "max_items"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -584,33 +601,38 @@ class Study:
         self.records.write_users("sasrec", res.test_users)
         return _row(self.records.put("sasrec", name, params, record, res.test_hit_ranks, res.test_users))
 
-    def pending(self) -> list[tuple[str, str, int]]:
-        """The (signal, strategy, seed) runs without a record (a missing selection counts as
-        pending runs of both signals)."""
-        out = []
-        for strategy in self.cfg.strategies:
-            for seed in self.cfg.all_seeds:
-                try:
-                    users = self.selection(strategy, seed, compute=False)
-                except FileNotFoundError:
-                    users = None
-                for signal, seeds in self.cfg.signal_seeds.items():
-                    if seed not in seeds:
-                        continue
-                    name = f"{strategy}_s{seed}"
-                    params = (self.llm_params(strategy, seed, users) if signal == "llm"
-                              else self.sasrec_params(seed, users)) if users is not None else None
-                    if params is None or self.records.get(signal, name, params) is None:
-                        out.append((signal, strategy, seed))
-        for seed in self.cfg.signal_seeds["sasrec"]:
-            if self.records.get("sasrec", f"{REFERENCE}_s{seed}", self.sasrec_params(seed, self.candidates)) is None:
-                out.append(("sasrec", REFERENCE, seed))
-        return out
+    def planned(self) -> list[tuple[str, str, int]]:
+        """Every (signal, label, seed) run of the study: per strategy its seeds of each signal, then
+        the SASRec full-data reference row with ``reference_seeds``."""
+        seeds = self.cfg.signal_seeds
+        out = [(signal, strategy, seed) for strategy in self.cfg.strategies for seed in self.cfg.all_seeds
+               for signal in SIGNALS if seed in seeds[signal]]
+        return out + [("sasrec", REFERENCE, seed) for seed in self.cfg.reference]
+
+    def run_record(self, signal: str, label: str, seed: int) -> dict[str, Any] | None:
+        """The record of one planned run under the current settings (None: not run yet, or stale)."""
+        if label == REFERENCE:
+            return self.records.get("sasrec", f"{REFERENCE}_s{seed}", self.sasrec_params(seed, self.candidates))
+        try:
+            users = self.selection(label, seed, compute=False)
+        except FileNotFoundError:
+            return None
+        params = self.llm_params(label, seed, users) if signal == "llm" else self.sasrec_params(seed, users)
+        return self.records.get(signal, f"{label}_s{seed}", params)
+
+    def pending(self, signals: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        """The planned runs of ``signals`` (default: the configured ``signals``) without a record (a
+        missing selection counts as pending runs of both signals)."""
+        wanted = set(self.cfg.signals if signals is None else signals)
+        return [(sig, label, seed) for sig, label, seed in self.planned()
+                if sig in wanted and self.run_record(sig, label, seed) is None]
 
     def runs(self) -> None:
-        """Every pending run, strategy by strategy; each run's record is written as it finishes."""
-        seeds = self.cfg.signal_seeds
-        self.records.write_users("llm", self.test_user_ids())
+        """Every pending run of the configured ``signals``, strategy by strategy (SASRec first, it is
+        cheap); each run's record is written as it finishes."""
+        seeds, signals = self.cfg.signal_seeds, self.cfg.signals
+        if "llm" in signals:
+            self.records.write_users("llm", self.test_user_ids())
         pending = self.pending()
         LOG.info("%d run(s) without a record in %s: %s", len(pending), self.records.root,
                  ", ".join(f"{sig} {s} s{seed}" for sig, s, seed in pending) or "none")
@@ -618,43 +640,41 @@ class Study:
             for seed in self.cfg.all_seeds:
                 LOG.info("== run %s seed %d", strategy, seed)
                 users = self.selection(strategy, seed)
-                if seed in seeds["sasrec"]:
+                if seed in seeds["sasrec"] and "sasrec" in signals:
                     self.sasrec_run(strategy, seed, users)
-                if seed in seeds["llm"]:
+                if seed in seeds["llm"] and "llm" in signals:
                     self.llm_run(strategy, seed, users)
                 faults.step("study")
-        for seed in seeds["sasrec"]:
-            self.sasrec_run(REFERENCE, seed, self.candidates)
+        if "sasrec" in signals:
+            for seed in self.cfg.reference:
+                self.sasrec_run(REFERENCE, seed, self.candidates)
 
     # -- report -------------------------------------------------------------------------------
 
-    def collect(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-        """Per-run rows of both signals and their per-user metrics, from the records only (a run
-        without a record raises)."""
-        seeds = self.cfg.signal_seeds
+    def collect(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[tuple[str, str, int]]]:
+        """Per-run rows of both signals, their per-user hit ranks and the planned runs without a
+        record yet, from the records only (a study spread over sittings reports what it has)."""
         rows: dict[str, list[dict[str, Any]]] = {"llm": [], "sasrec": []}
-        per_user: dict[str, dict[str, dict[int, dict[str, Any]]]] = {"llm": {}, "sasrec": {}}
+        per_user: dict[str, dict[str, dict[int, Any]]] = {"llm": {}, "sasrec": {}}
         users_keys: dict[str, set[str]] = {"llm": set(), "sasrec": set()}
-        labels = [(s, s) for s in self.cfg.strategies] + [(REFERENCE, None)]
-        for label, strategy in labels:
-            for signal in ("llm", "sasrec"):
-                if strategy is None and signal == "llm":
-                    continue
-                for seed in seeds[signal]:
-                    name = f"{label}_s{seed}"
-                    users = self.selection(strategy, seed, compute=False) if strategy else self.candidates
-                    params = self.llm_params(label, seed, users) if signal == "llm" else self.sasrec_params(seed, users)
-                    rec = self.records.get(signal, name, params)
-                    if rec is None:
-                        raise FileNotFoundError(
-                            f"run {signal} {name} has no record in {self.records.root}; run the study with --only runs first")
-                    rows[signal].append({**_row(rec), "strategy": label, "seed": seed, **rec.get("timings", {})})
-                    users_keys[signal].add(rec["users_key"])
-                    per_user[signal].setdefault(label, {})[seed] = self.records.hit_ranks(signal, name, rec)
+        missing = []
+        planned = self.planned()
+        order = {label: i for i, label in enumerate([*self.cfg.strategies, REFERENCE])}
+        for signal, label, seed in sorted(planned, key=lambda r: (order[r[1]], SIGNALS.index(r[0]), r[2])):
+            rec = self.run_record(signal, label, seed)
+            if rec is None:
+                missing.append((signal, label, seed))
+                continue
+            rows[signal].append({**_row(rec), "strategy": label, "seed": seed, **rec.get("timings", {})})
+            users_keys[signal].add(rec["users_key"])
+            per_user[signal].setdefault(label, {})[seed] = self.records.hit_ranks(signal, f"{label}_s{seed}", rec)
         for signal, keys in users_keys.items():
             if len(keys) > 1:
                 raise ValueError(f"the {signal} records were made on different test users; rerun the stale ones")
-        return rows["llm"], rows["sasrec"], per_user
+        if not rows["llm"] and not rows["sasrec"]:
+            raise FileNotFoundError(f"no run of this study has a record in {self.records.root}; "
+                                    "run the study with --only runs first")
+        return rows["llm"], rows["sasrec"], per_user, [r for r in planned if r in missing]
 
     def record_prune_timings(self) -> dict[str, float]:
         """The pruning stages' seconds: the score manifests' (when there) merged into the record
@@ -669,9 +689,9 @@ class Study:
 
     def report(self, wall_seconds: float | None = None) -> Path:
         """Collect the rows and write REPORT.md, results.json and report.png (:func:`write_report`)."""
-        llm_rows, sas_rows, per_user = self.collect()
+        llm_rows, sas_rows, per_user, missing = self.collect()
         facts = StudyFacts(len(self.candidates), self.pool.n_users, self.data.n_users, self.data.n_items,
-                           self.record_prune_timings())
+                           self.record_prune_timings(), len(self.test_user_ids()), missing)
         return write_report(self.out, self.cfg, llm_rows, sas_rows, facts, wall_seconds, per_user=per_user)
 
 
@@ -701,6 +721,6 @@ def run_study(cfg: StudyConfig, only: str = "all") -> Path | None:
 
 
 __all__ = [
-    "METRICS", "PAPER_TABLE2", "PRESETS", "STUDY_ALIASES", "Study", "StudyConfig", "markdown_table", "mean_std",
+    "METRICS", "PAPER_TABLE2", "PER_RUN", "PRESETS", "STUDY_ALIASES", "Study", "StudyConfig", "markdown_table", "mean_std",
     "plot_report", "run_study", "summarize",
 ]

@@ -121,8 +121,8 @@ def paired_results(per_user: dict[str, dict[int, list[list[int]]]], baseline: st
 
     out: dict[str, dict[str, Any]] = {}
     for strategy, runs in per_user.items():
-        if strategy == baseline:
-            continue
+        if strategy == baseline or not set(runs) & set(per_user[baseline]):
+            continue  # nothing to pair (a partial study: no seed in common yet)
         out[strategy] = {}
         for metric in metrics:
             r = paired_difference(values(runs, metric), values(per_user[baseline], metric), n_boot=n_boot)
@@ -148,7 +148,22 @@ def paired_table(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -
     return "\n".join(lines)
 
 
-def _paired_section(title: str, results: dict[str, dict[str, Any]], n_users: int) -> list[str]:
+def _pending_section(pending: list[tuple[str, str, int]]) -> list[str]:
+    """The planned runs without a record yet (none: nothing); every table below covers the
+    recorded runs only, and the paired table pairs the seeds both sides have."""
+    if not pending:
+        return []
+    by: dict[tuple[str, str], list[int]] = {}
+    for signal, label, seed in pending:
+        by.setdefault((signal, label), []).append(seed)
+    runs = "; ".join(f"{'LLM' if sig == 'llm' else 'SASRec'} {label} seeds {seeds}" for (sig, label), seeds in by.items())
+    return ["## Partial report", "",
+            f"{len(pending)} planned run(s) have no record yet ({runs}). The tables below cover the recorded runs "
+            "only; the paired table pairs the seeds that both a strategy and `random` have. Rerun the study with "
+            "the same settings to add them (recorded runs are reused).", ""]
+
+
+def _paired_section(title: str, results: dict[str, dict[str, Any]], n_users: int | str) -> list[str]:
     if not results:
         return [f"### {title}", "", f"No `{BASELINE}` runs: nothing to pair with.", ""]
     return [f"### {title}", "", f"{n_users} test users, each seed's runs paired on them.", "",
@@ -164,6 +179,8 @@ class StudyFacts:
     n_users: int  # users in the data set
     n_items: int
     prune_seconds: dict[str, float]  # seconds of each pruning stage (from the score manifests)
+    n_llm_test: int = 0  # the LLM signal's fixed test users
+    pending: tuple[tuple[str, str, int], ...] | list[tuple[str, str, int]] = ()  # planned runs without a record
 
 
 def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]]) -> list[str]:
@@ -194,19 +211,23 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
     paired = {signal: paired_results(runs) for signal, runs in (per_user or {}).items()}
     paper = PAPER_TABLE2.get(cfg.data_name)
     n_candidates = facts.n_candidates
-    n_test = llm_rows[0]["n_users"]
-    ranked = llm_rows[0]["n_items_ranked"]
+    n_test = llm_rows[0]["n_users"] if llm_rows else facts.n_llm_test
+    ranked = llm_rows[0]["n_items_ranked"] if llm_rows else (cfg.max_items or facts.n_items)
+    n_sas_test = sas_rows[0]["n_test_users"] if sas_rows else "all"
     prune_t = dict(facts.prune_seconds)
     stage_rows = []
     for s in cfg.strategies:
         rs = [r for r in llm_rows if r["strategy"] == s]
         sr = [r for r in sas_rows if r["strategy"] == s]
-        cells = [np.mean([r.get(k, math.nan) for r in rs]) for k in ("finetune", "generate", "ground")]
-        cells.append(np.mean([r["seconds"] for r in sr]))
+        cells = [float(np.mean([r.get(k, math.nan) for r in rs])) if rs else math.nan
+                 for k in ("finetune", "generate", "ground")]
+        cells.append(float(np.mean([r["seconds"] for r in sr])) if sr else math.nan)
         stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
     total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
     total += sum(r["seconds"] for r in sas_rows)
-    exact = {s: np.mean([r["exact_title_share"] for r in llm_rows if r["strategy"] == s]) for s in cfg.strategies}
+    exact = {s: np.mean(v) for s in cfg.strategies
+             if (v := [r["exact_title_share"] for r in llm_rows if r["strategy"] == s])}
+    pending = list(facts.pending)
     lines = [
         f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
         "",
@@ -218,25 +239,26 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         f"seeds {list(cfg.seeds)} (LLM) and {list(cfg.signal_seeds['sasrec'])} (SASRec); the seed drives the "
         "selection and the training.",
         "",
+        *_pending_section(pending),
         "## Few-shot BIGRec (LLM signal)",
         "",
         f"{n_test} fixed test users (the same for every run), generations grounded among {ranked} items "
         f"(L2, base-model last-token states). The paper's rows are {PAPER_NOTE}: a 50× larger model, "
         "8× more samples and all test users, so compare the ordering of the rows, not the values.",
         "",
-        markdown_table(llm_sum, seeds, paper),
+        markdown_table(llm_sum, seeds, paper) if llm_rows else "No LLM run recorded yet.",
         "",
         "Share of generations that are exactly a catalogue title: "
-        + ", ".join(f"{s} {v:.2f}" for s, v in exact.items()) + ".",
+        + (", ".join(f"{s} {v:.2f}" for s, v in exact.items()) or "–") + ".",
         "",
         "## SASRec trained on the selection only (second signal)",
         "",
         f"A fresh SASRec (the surrogate's recipe, {cfg.sasrec_epochs} epochs at most, early stopping on "
         f"validation) trained on the n selected users' sequences and evaluated on the full test set "
-        f"({sas_rows[0]['n_test_users']} users, all {facts.n_items} items). `{REFERENCE}` trains on "
+        f"({n_sas_test} users, all {facts.n_items} items). `{REFERENCE}` trains on "
         f"every candidate ({n_candidates} users): the full-data reference.",
         "",
-        markdown_table(sas_sum, sas_seeds),
+        markdown_table(sas_sum, sas_seeds) if sas_rows else "No SASRec run recorded yet.",
         "",
         f"## Paired differences to {BASELINE}",
         "",
@@ -247,7 +269,7 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "spread of the per-seed mean differences (`per seed`), the noise that more test users do not remove.",
         "",
         *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
-        *_paired_section("SASRec on the selection", paired.get("sasrec", {}), sas_rows[0]["n_test_users"]),
+        *_paired_section("SASRec on the selection", paired.get("sasrec", {}), n_sas_test),
         "## Wall-clock time per stage (seconds)",
         "",
         "Pruning (once, cached): " + (", ".join(f"{k} {v:.0f}" for k, v in prune_t.items()) or "–")
@@ -276,13 +298,14 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
     path = out / "REPORT.md"
     write_text(path, "\n".join(lines))
     write_json(out / "results.json", {"config": cfg.summary(), "llm": llm_rows, "sasrec": sas_rows,
+                                      "pending": [list(r) for r in pending],
                                       "paired": {"baseline": BASELINE, "metrics": list(PAIRED_METRICS),
                                                  "n_boot": N_BOOT, **paired},
                                       "prune_seconds": prune_t, "stage_seconds_total": total,
                                       "wall_seconds": wall_seconds})
     try:
-        plot_report({"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum},
-                    out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")
+        panels = {"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum}
+        plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")
     except Exception as e:  # noqa: BLE001 - the chart must never lose the report
         LOG.warning("could not draw report.png: %s", e)
     LOG.info("report: %s", path)

@@ -35,8 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..hardware import native_bf16
-from ..io import LOG
+from ..hardware import PrecisionError, cpu_precision
 from ..llm import ModelError, cache_kwarg, output_cache
 from ..padding import pad_batch
 from .grad_hook import weight_grads
@@ -67,19 +66,13 @@ def resolve_precision(requested: str, device: torch.device | str, quantization: 
             raise ModelError(f"--effort_precision int8 needs fp32 base weights, but --quantization {quantization} "
                              "is set: drop one of the two")
         return "int8"
-    if device.type != "cpu":
-        return "fp32"  # on a GPU the base model already runs in its own dtype (bf16/fp16)
-    if requested == "auto":
-        return "bf16" if native_bf16() and not quantization else "fp32"
-    if requested == "bf16" and not native_bf16():
-        msg = ("--effort_precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), where bf16 is "
-               "emulated and slower than fp32")
-        if force:
-            raise ModelError(msg + "; drop --force_precision to fall back to fp32")
-        warnings.warn(msg + "; using fp32", stacklevel=2)
-        LOG.warning("%s; using fp32", msg)
-        return "fp32"
-    return requested
+    if requested == "auto" and quantization:
+        return "fp32"  # a quantized base model keeps its own weights
+    try:  # fp32 | bf16 | auto (= bf16 where native); on a GPU the model's own dtype
+        return cpu_precision(requested, device, "--effort_precision", auto="bf16",
+                             force="--force_precision" if force else None)
+    except PrecisionError as e:
+        raise ModelError(str(e)) from None
 
 
 def common_prefix_len(rows: list[list[int]]) -> int:
