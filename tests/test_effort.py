@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dealrec.fewshot import build_examples
 from dealrec.io import read_json
 from dealrec.llm import ModelError, add_lora, lora_config
-from dealrec.scores.effort import EffortConfig, EffortModel, effort_scores, target_linear
+from dealrec.scores.effort import EffortConfig, EffortModel, chunk_timing, effort_scores, target_linear
 
 CUTOFF = 128
 
@@ -236,6 +236,8 @@ def test_effort_scores_chunks_resume_and_key(models, examples, tmp_path, monkeyp
     files = sorted(p.name for p in chunk_dir.glob("chunk_*.pt"))
     assert files == ["chunk_00000000.pt", "chunk_00000002.pt", "chunk_00000004.pt"]
     assert read_json(chunk_dir / "key.json") == {"key": "key-a"}
+    timed = chunk_timing(chunk_dir)  # every chunk timed, prompts counted (None rows are not prompts)
+    assert (timed["chunks_timed"], timed["prompts_timed"]) == (3, 2) and timed["compute_seconds"] >= 0
 
     def boom(*a, **k):
         raise AssertionError("norms must not run: the chunks are cached")
@@ -255,4 +257,5 @@ def test_effort_scores_chunks_resume_and_key(models, examples, tmp_path, monkeyp
     other = effort_scores(em, ex, chunk_dir, "key-b", progress=False)
     assert other.tolist() == [7.0, 0.0, 7.0, 0.0, 0.0]
     assert read_json(chunk_dir / "key.json") == {"key": "key-b"}
+    assert chunk_timing(chunk_dir)["chunks_timed"] == 3  # the old key's timings went with its chunks
     assert effort_scores(em, [], tmp_path / "empty", "k", progress=False).shape == (0,)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from dealrec.metrics import hit_ranks, topk_metrics
-from dealrec.paired import bootstrap_mean, metrics_from_ranks, paired_difference, per_user_metrics, verdict
+from dealrec.paired import (
+    bootstrap_mean,
+    metrics_from_ranks,
+    paired_difference,
+    per_user_metrics,
+    two_level_bootstrap,
+    verdict,
+)
 
 
 def test_per_user_metrics_by_hand_and_their_mean_is_topk_metrics():
@@ -53,6 +60,34 @@ def test_pairing_removes_the_test_user_noise():
     assert r["mean"] == pytest.approx(0.02) and r["low"] == pytest.approx(0.02) and r["seeds"] == 3
     assert r["seed_std"] == pytest.approx(0.0, abs=1e-12)
     assert "beats random" in verdict(r, "dealrec")
+
+
+def test_two_level_bootstrap_carries_the_seed_noise():
+    """Every user gains 0 under seed 0 and 1 under seed 1: given the seeds the mean is exactly 0.5,
+    but a replicate that draws seed 0 twice gives 0, seed 1 twice gives 1 (each with chance 1/4),
+    so the two-level 95 % interval is [0, 1] and no verdict is drawn."""
+    d = np.stack([np.zeros(50), np.ones(50)])
+    r = two_level_bootstrap(d, n_boot=4000, seed=1)
+    assert r["low"] == 0.0 and r["high"] == 1.0
+    runs = {0: d[0], 1: d[1]}
+    base = {0: np.zeros(50), 1: np.zeros(50)}
+    p = paired_difference(runs, base, n_boot=4000)
+    assert p["low_users"] == p["high_users"] == pytest.approx(0.5) and p["mean"] == pytest.approx(0.5)
+    assert (p["low"], p["high"], p["interval"]) == (0.0, 1.0, "seeds and users")
+    assert "cannot be told apart" in verdict(p, "dealrec")
+    one = paired_difference({0: d[1]}, {0: base[0]}, n_boot=500)  # one seed: the users' interval, said so
+    assert one["interval"] == "users" and (one["low"], one["high"]) == (one["low_users"], one["high_users"])
+    assert "one seed" in verdict(one, "dealrec")
+
+
+def test_two_level_bootstrap_without_seed_noise_is_the_users_bootstrap():
+    """Identical seeds: the two-level interval has the users' bootstrap width (normal approximation)."""
+    rng = np.random.default_rng(4)
+    u = rng.normal(0.05, 1.0, size=3000)
+    r = two_level_bootstrap(np.stack([u, u, u]), n_boot=3000, seed=2)
+    se = u.std(ddof=1) / math.sqrt(u.size)
+    assert r["low"] == pytest.approx(u.mean() - 1.96 * se, abs=0.25 * se)
+    assert r["high"] == pytest.approx(u.mean() + 1.96 * se, abs=0.25 * se)
 
 
 def test_only_common_seeds_are_paired_and_users_must_align():

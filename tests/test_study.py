@@ -80,8 +80,9 @@ def test_paired_results_by_hand():
     ndcg = r["dealrec"]["NDCG@20"]
     assert ndcg["seed_means"][0] == pytest.approx(1 / math.log2(7) / 4)
     table = paired_table(r).splitlines()
-    assert table[0].startswith("| strategy | metric | seeds | random | difference | 95 % interval |")
+    assert table[0].startswith("| strategy | metric | seeds | random | difference | 95 % interval | given the seeds |")
     assert table[2].startswith("| dealrec | Recall@20 | 2 | 0.2500 | +0.1250 | ") and "| +50% | 0.1768 | +0.2500, +0.0000 |" in table[2]
+    assert rec["interval"] == "seeds and users" and rec["low"] <= rec["low_users"] <= rec["high_users"] <= rec["high"]
     assert paired_results({"dealrec": per_user["dealrec"]}) == {}  # no random: nothing to pair
 
 

@@ -5,8 +5,9 @@ an NDCG@K each; their per-user differences are paired, so the noise that comes f
 users happen to be in the test set cancels. With several seeds (each seed: one selection and
 one fine-tuning run per strategy), the difference of user ``u`` is averaged over the seeds, and
 the mean over users gets a percentile bootstrap interval (users resampled with replacement).
-The seed-to-seed spread of the mean difference is reported beside it: it is the part of the
-noise that more test users cannot remove.
+That interval holds the seeds fixed; with several seeds the verdict uses a two-level bootstrap
+instead (seeds and users both resampled), which also carries the seed-to-seed spread of the mean
+difference — the part of the noise that more test users cannot remove.
 """
 
 from __future__ import annotations
@@ -69,6 +70,33 @@ def bootstrap_mean(diff: np.ndarray, n_boot: int = 10_000, seed: int = 0, level:
     return {"mean": mean, "low": float(lo), "high": float(hi), "p_one_sided": other, "n_users": int(diff.size)}
 
 
+def two_level_bootstrap(d: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Interval of the mean of ``d`` [seeds, users] when both the seeds and the users are samples:
+    each replicate draws the seeds with replacement and the users with replacement (the same users
+    for every seed: they are paired across seeds too) and averages. Unlike :func:`bootstrap_mean`
+    of the per-user seed averages, it includes the seed-to-seed noise, so it is the interval to
+    judge a strategy by when there are several seeds."""
+    d = np.asarray(d, dtype=np.float64)
+    keep = ~np.isnan(d).all(0)
+    d = d[:, keep]
+    s_n, u_n = d.shape
+    if u_n == 0:
+        raise ValueError("two_level_bootstrap: no differences")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    block = max(1, min(1000, 4_000_000 // (s_n * u_n)))  # [seeds, block, users] floats at a time
+    for start in range(0, n_boot, block):
+        m = min(block, n_boot - start)
+        users = rng.integers(0, u_n, size=(m, u_n))
+        seeds = rng.integers(0, s_n, size=(m, s_n))
+        per_seed = np.nanmean(d[:, users], -1).T  # [m, seeds]
+        means[start: start + m] = np.take_along_axis(per_seed, seeds, 1).mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    mean = float(np.nanmean(np.nanmean(d, 1)))
+    other = float(np.mean(means <= 0)) if mean > 0 else float(np.mean(means >= 0))
+    return {"low": float(lo), "high": float(hi), "p_one_sided": other}
+
+
 def paired_difference(
     runs: Mapping[int, np.ndarray],
     baseline: Mapping[int, np.ndarray],
@@ -77,7 +105,12 @@ def paired_difference(
     level: float = 0.95,
 ) -> dict[str, float]:
     """Strategy minus baseline for one metric: ``runs[seed]`` and ``baseline[seed]`` are per-user
-    values on the same users in the same order. Only the seeds both have are paired."""
+    values on the same users in the same order. Only the seeds both have are paired.
+
+    ``low``/``high``: the interval the verdict uses — with several seeds the two-level bootstrap
+    (seeds and users resampled, :func:`two_level_bootstrap`), with one seed the users' bootstrap;
+    ``low_users``/``high_users``: the users' bootstrap of the per-user seed averages, i.e. given
+    these seeds (narrower: it leaves out the seed-to-seed noise); ``interval`` names which is used."""
     seeds = sorted(set(runs) & set(baseline))
     if not seeds:
         raise ValueError("paired_difference: no seed in common with the baseline")
@@ -89,6 +122,10 @@ def paired_difference(
         per_seed.append(a - b)
     d = np.stack(per_seed)  # [seeds, users]
     out = bootstrap_mean(np.nanmean(d, 0), n_boot, seed, level)
+    out["low_users"], out["high_users"], out["p_users"] = out["low"], out["high"], out["p_one_sided"]
+    out["interval"] = "users"
+    if len(seeds) > 1:
+        out.update(two_level_bootstrap(d, n_boot, seed, level), interval="seeds and users")
     seed_means = np.nanmean(d, 1)
     out["seeds"] = len(seeds)
     out["seed_means"] = [float(x) for x in seed_means]
@@ -98,10 +135,12 @@ def paired_difference(
 
 
 def verdict(r: Mapping[str, float], name: str, baseline: str = "random") -> str:
-    """One plain sentence about a :func:`paired_difference` result."""
+    """One plain sentence about a :func:`paired_difference` result (by ``low``/``high``; with one
+    seed it says that the interval leaves out the seed-to-seed noise)."""
     lo, hi = r["low"], r["high"]
+    caveat = " over test users, one seed" if r.get("seeds", 2) == 1 else ""
     if lo > 0:
-        return f"{name} beats {baseline} (95 % interval of the difference {lo:+.4f} … {hi:+.4f} excludes 0)"
+        return f"{name} beats {baseline} (95 % interval of the difference {lo:+.4f} … {hi:+.4f}{caveat} excludes 0)"
     if hi < 0:
-        return f"{name} is worse than {baseline} (95 % interval {lo:+.4f} … {hi:+.4f} excludes 0)"
-    return f"{name} and {baseline} cannot be told apart (95 % interval {lo:+.4f} … {hi:+.4f} contains 0)"
+        return f"{name} is worse than {baseline} (95 % interval {lo:+.4f} … {hi:+.4f}{caveat} excludes 0)"
+    return f"{name} and {baseline} cannot be told apart (95 % interval {lo:+.4f} … {hi:+.4f}{caveat} contains 0)"

@@ -201,8 +201,12 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
         return scores
     save_tensor(path, scores)
     from .hardware import describe
+    from .scores.effort import chunk_timing
 
-    write_manifest(path, key, seconds=t.seconds, samples_per_s=data.n_users / max(t.seconds, 1e-9),
+    # seconds: this call (a resumed run computes only the missing chunks); timing: every timed chunk
+    timing = chunk_timing(path.with_name(path.stem + ".chunks"))
+    rate = timing["prompts_timed"] / timing["compute_seconds"] if timing["compute_seconds"] else None
+    write_manifest(path, key, seconds=t.seconds, timing={**timing, "prompts_per_s": rate},
                    precision_ran=em.precision, machine=describe())
     shutil.rmtree(path.with_name(path.stem + ".chunks"), ignore_errors=True)
     return scores

@@ -135,16 +135,17 @@ def paired_results(per_user: dict[str, dict[int, list[list[int]]]], baseline: st
 
 def paired_table(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> str:
     """The Markdown table of :func:`paired_results` (one row per strategy and metric)."""
-    lines = [f"| strategy | metric | seeds | {baseline} | difference | 95 % interval | relative | "
+    lines = [f"| strategy | metric | seeds | {baseline} | difference | 95 % interval | given the seeds | relative | "
              "seed-to-seed std | per seed | verdict |",
-             "|" + "---|" * 10]
+             "|" + "---|" * 11]
     for strategy, by_metric in results.items():
         for metric, r in by_metric.items():
             rel = "–" if math.isnan(r["relative"]) else f"{r['relative']:+.0%}"
             sd = "–" if math.isnan(r["seed_std"]) else f"{r['seed_std']:.4f}"
             per_seed = ", ".join(f"{x:+.4f}" for x in r["seed_means"])
             lines.append(f"| {strategy} | {metric} | {r['seeds']} | {r['baseline_mean']:.4f} | {r['mean']:+.4f} | "
-                         f"{r['low']:+.4f} … {r['high']:+.4f} | {rel} | {sd} | {per_seed} | {r['verdict']} |")
+                         f"{r['low']:+.4f} … {r['high']:+.4f} | {r['low_users']:+.4f} … {r['high_users']:+.4f} | "
+                         f"{rel} | {sd} | {per_seed} | {r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -264,9 +265,12 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "",
         f"Per seed, each test user's {' and '.join(PAIRED_METRICS)} under a strategy minus under `{BASELINE}` "
         "with the same seed (same test users, so the test-user noise cancels); the differences are averaged "
-        f"over the seeds per user, and the mean over users gets a percentile bootstrap 95 % interval ({N_BOOT:,} "
-        f"resamples of the users). `relative`: the difference over `{BASELINE}`'s mean; `seed-to-seed std`: the "
-        "spread of the per-seed mean differences (`per seed`), the noise that more test users do not remove.",
+        f"over the seeds per user. `95 % interval`: a percentile bootstrap ({N_BOOT:,} resamples) that draws both "
+        "the seeds and the test users with replacement, so it carries the seed-to-seed noise as well (with one "
+        "seed: the users only); the verdict reads it. `given the seeds`: the users-only bootstrap of the per-user "
+        f"seed averages, narrower because it holds these seeds fixed. `relative`: the difference over "
+        f"`{BASELINE}`'s mean; `seed-to-seed std`: the spread of the per-seed mean differences (`per seed`), the "
+        "noise that more test users do not remove.",
         "",
         *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
         *_paired_section("SASRec on the selection", paired.get("sasrec", {}), n_sas_test),
@@ -305,7 +309,8 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
                                       "wall_seconds": wall_seconds})
     try:
         panels = {"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum}
-        plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, {len(cfg.seeds)} seed(s)")
+        plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, seeds: {len(cfg.seeds)} LLM, "
+                    f"{len(cfg.signal_seeds['sasrec'])} SASRec")
     except Exception as e:  # noqa: BLE001 - the chart must never lose the report
         LOG.warning("could not draw report.png: %s", e)
     LOG.info("report: %s", path)

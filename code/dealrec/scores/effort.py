@@ -276,7 +276,8 @@ def effort_scores(
     """One score per example (0 for None = no prompt), resumable in chunks of users.
 
     Chunks are written atomically to ``chunk_dir``; a rerun with the same ``key`` skips the
-    chunks already there. Under ``torchrun``/``accelerate launch`` rank r takes chunks r, r+W, …
+    chunks already there. ``times_rank<r>.json`` there records each chunk's seconds and prompts
+    (:func:`chunk_timing` sums them over sittings). Under ``torchrun``/``accelerate launch`` rank r takes chunks r, r+W, …
     and rank 0 assembles (all ranks return the full tensor after a barrier).
     """
     chunk_dir = Path(chunk_dir)
@@ -285,7 +286,7 @@ def effort_scores(
     rank, world, _ = dist_info()
     if rank == 0:
         if key_file.exists() and read_json(key_file).get("key") != key:
-            for f in chunk_dir.glob("chunk_*.pt"):
+            for f in [*chunk_dir.glob("chunk_*.pt"), *chunk_dir.glob("times_rank*.json")]:
                 f.unlink()
         write_json(key_file, {"key": key})
     if world > 1 and torch.distributed.is_initialized():
@@ -297,6 +298,8 @@ def effort_scores(
     n_todo = sum(sum(ex is not None for ex in examples[s:s + size]) for s in todo)
     bar = tqdm(total=n_todo, desc=f"effort (rank {rank})" if world > 1 else "effort", unit="prompt",
                disable=not progress, smoothing=0.05)
+    times_file = chunk_dir / f"times_rank{rank}.json"  # per chunk: seconds and prompts, across sittings
+    times = read_json(times_file) if times_file.is_file() else {}
     with Timer() as t:
         n_done = 0
         for start in todo:
@@ -304,11 +307,14 @@ def effort_scores(
             part = examples[start:start + size]
             have = [i for i, ex in enumerate(part) if ex is not None]
             vals = torch.zeros(len(part))
-            if have:
-                ids = em.encode([part[i] for i in have])
-                vals[torch.tensor(have)] = em.norms(ids, progress=False, bar=bar)
+            with Timer() as tc:
+                if have:
+                    ids = em.encode([part[i] for i in have])
+                    vals[torch.tensor(have)] = em.norms(ids, progress=False, bar=bar)
             with atomic_path(f) as tmp:
                 torch.save(vals, tmp)
+            times[str(start)] = {"seconds": round(tc.seconds, 2), "prompts": len(have)}
+            write_json(times_file, times)
             n_done += len(part)
     bar.close()
     if n_done:
@@ -316,3 +322,13 @@ def effort_scores(
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return torch.cat([load_tensor(chunk_dir / f"chunk_{s:08d}.pt") for s in starts]) if starts else torch.zeros(0)
+
+
+def chunk_timing(chunk_dir: str | os.PathLike) -> dict[str, float]:
+    """Compute seconds and prompts of the timed chunks in ``chunk_dir`` (all ranks, every sitting
+    that ran them; chunks made before timings were kept are not counted)."""
+    seconds = prompts = chunks = 0.0
+    for f in Path(chunk_dir).glob("times_rank*.json"):
+        for v in read_json(f).values():
+            seconds, prompts, chunks = seconds + v["seconds"], prompts + v["prompts"], chunks + 1
+    return {"chunks_timed": int(chunks), "prompts_timed": int(prompts), "compute_seconds": round(seconds, 1)}
