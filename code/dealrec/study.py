@@ -628,8 +628,8 @@ class Study:
                 if sig in wanted and self.run_record(sig, label, seed) is None]
 
     def runs(self) -> None:
-        """Every pending run of the configured ``signals``, strategy by strategy (SASRec first, it is
-        cheap); each run's record is written as it finishes."""
+        """Every pending run of the configured ``signals``, strategy by strategy (per seed the cheap
+        SASRec run before the LLM run); each run's record is written as it finishes."""
         seeds, signals = self.cfg.signal_seeds, self.cfg.signals
         if "llm" in signals:
             self.records.write_users("llm", self.test_user_ids())
