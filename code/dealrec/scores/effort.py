@@ -15,7 +15,8 @@ grad (so no autograd graph is built for the frozen network below it); the backwa
 the output gradient g, and for a linear layer the per-sample weight gradient is Σ_t g_t x_tᵀ:
 
 - ``lora_B`` (r columns): materialised per sample as ``einsum('bto,btr->bor')`` (small);
-- ``base``: ‖Σ_t g_t x_tᵀ‖²_F = Σ_{t,t'} (g_t·g_t')(x_t·x_t'), never materialising it.
+- ``base``: ‖Σ_t g_t x_tᵀ‖²_F, as Σ_{t,t'} (g_t·g_t')(x_t·x_t') for short prompts and from the
+  materialised matrices for long ones (:func:`.grad_hook.frobenius_sq`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from .effort_prefix import (
     quantize_lower_layers,
     resolve_precision,
 )
-from .grad_hook import OutputGrad, weight_grads
+from .grad_hook import OutputGrad, frobenius_sq, weight_grads
 
 EFFORT_TARGETS = ("lora_B", "base")
 
@@ -196,8 +197,7 @@ class EffortModel:
         x = torch.where(mask, x, 0.0)
         if self.cfg.target == "lora_B":
             return weight_grads(g, x).flatten(1).norm(dim=1)
-        gram = torch.einsum("bto,bso->bts", g, g) * torch.einsum("bti,bsi->bts", x, x)
-        return gram.sum((1, 2)).clamp(min=0).sqrt()
+        return frobenius_sq(g, x).clamp(min=0).sqrt()  # base: [out, in] per sample, materialised only if cheaper
 
     def encode(self, examples: list[dict]) -> list[list[int]]:
         return [tokenize_prompt(self.tokenizer, ex, self.cfg.cutoff_len)["input_ids"] for ex in examples]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..hardware import PrecisionError, cpu_precision
 from ..llm import ModelError, cache_kwarg, output_cache
 from ..padding import pad_batch
-from .grad_hook import weight_grads
+from .grad_hook import frobenius_sq, weight_grads
 
 EFFORT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
 PREFIX_MODULES = ("v_proj", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -235,8 +235,5 @@ class PrefixEffort:
         if em.cfg.target == "lora_B":
             per = weight_grads(g, x) + gc
             return per.flatten(1).norm(dim=1) / n_tok
-        # base: ‖G_c + Σ_t g_t x_tᵀ‖²_F without materialising the per-sample matrices
-        cross = torch.einsum("bto,oi,bti->b", g, gc, x)
-        gram = (torch.einsum("bto,bso->bts", g, g) * torch.einsum("bti,bsi->bts", x, x)).sum((1, 2))
-        sq = (gc * gc).sum() + 2 * cross + gram
-        return sq.clamp(min=0).sqrt() / n_tok
+        # base: ‖G_c + Σ_t g_t x_tᵀ‖²_F, materialising the per-sample matrices only when cheaper
+        return frobenius_sq(g, x, gc).clamp(min=0).sqrt() / n_tok
