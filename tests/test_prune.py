@@ -83,7 +83,7 @@ BAD_ARGS = [
     (["--n_fewshot", "0"], r"--n_fewshot must be > 0"),
     (["--surrogate_checkpoint", "{tmp}/missing.pt"], r"--surrogate_checkpoint .*missing.pt: no such file"),
     (["--resume_from_checkpoint", "{tmp}/no_adapter"], r"--resume_from_checkpoint .*no_adapter: no such directory"),
-    (["--resume_from_checkpoint", "{tmp}"], r"adapter_config.json is missing"),
+    (["--resume_from_checkpoint", "{tmp}"], r"no adapter_config.json"),
     (["--effort_scores", "{tmp}/nope.pt"], r"--effort_scores .*nope.pt: no such file"),
     (["--surrogate", "GRU4Rec", "--influence_params", "item_encoder.layer.1.attention.dense.weight"],
      r"--influence_params \['item_encoder.layer.1.attention.dense.weight'\] are not parameters of GRU4Rec; "

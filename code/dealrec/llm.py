@@ -129,16 +129,15 @@ def check_model_folder(base_model: str | os.PathLike | None, flag: str = "--base
     return path
 
 
-def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_weights") -> Path:
-    """An adapter folder a run will load: adapter_config.json (readable, LoRA) and a weights file with
-    lora_A/lora_B tensors; checked before the base model is loaded or any output is written."""
+def _adapter_config(adapter_dir: str | os.PathLike, flag: str) -> tuple[Path, dict[str, Any]]:
+    """(folder, adapter_config.json) of a LoRA adapter folder, or a ModelError naming ``flag``."""
     path = Path(adapter_dir)
     if not path.is_dir():
         raise ModelError(f"{flag} {path}: no such directory")
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise ModelError(f"{flag} {path}: no adapter_config.json; is fine-tuning finished? "
-                         "(pass a LoRA adapter folder: the output_dir of finetune.py)")
+                         "(pass the output_dir of finetune.py)")
     try:
         saved = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -148,6 +147,13 @@ def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_wei
         raise ModelError(f"{flag} {path}: adapter_config.json does not describe a LoRA adapter")
     if saved.get("peft_type", "LORA") != "LORA":
         raise ModelError(f"{flag} {path}: a {saved.get('peft_type')} adapter, not LoRA")
+    return path, saved
+
+
+def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_weights") -> Path:
+    """An adapter folder a run will load: adapter_config.json (readable, LoRA) and a weights file with
+    lora_A/lora_B tensors; checked before the base model is loaded or any output is written."""
+    path, _ = _adapter_config(adapter_dir, flag)
     _require_lora_tensors(path, adapter_keys(path, flag), flag)
     return path
 
@@ -401,8 +407,8 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
     adapter); the run's dropout applies. An adapter whose weights file holds no LoRA tensors
     (the empty ``adapter_model.bin`` that old alpaca-lora/peft combinations saved) is refused.
     """
-    path = check_adapter_folder(adapter_dir, "--resume_from_checkpoint")  # config, weights with lora_A/lora_B
-    saved = _read_json(path / "adapter_config.json")
+    flag = "--resume_from_checkpoint"
+    path, saved = _adapter_config(adapter_dir, flag)
     have, wanted = _lora_shape(saved), _lora_shape(config)
     if have != wanted:
         mods = have["target_modules"]
@@ -412,6 +418,7 @@ def check_adapter(adapter_dir: str | os.PathLike, config: Any) -> Path:
             f"--lora_r {have['r']} --lora_alpha {have['lora_alpha']} --lora_target_modules {' '.join(mods)} "
             f"(finetune.sh: LORA_R={have['r']} LORA_ALPHA={have['lora_alpha']} LORA_TARGET_MODULES={','.join(mods)})"
         )
+    _require_lora_tensors(path, adapter_keys(path, flag), flag)  # weights readable, with lora_A/lora_B tensors
     return path
 
 
