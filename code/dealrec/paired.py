@@ -64,10 +64,16 @@ def bootstrap_mean(diff: np.ndarray, n_boot: int = 10_000, seed: int = 0, level:
     for s in range(0, n_boot, 1000):  # in blocks: n × 1000 indices at a time
         m = min(1000, n_boot - s)
         means[s: s + m] = diff[rng.integers(0, diff.size, size=(m, diff.size))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     mean = float(diff.mean())
+    return {"mean": mean, **_percentile_interval(means, mean, level), "n_users": int(diff.size)}
+
+
+def _percentile_interval(means: np.ndarray, mean: float, level: float) -> dict[str, float]:
+    """The percentile interval of bootstrap ``means`` and the share of them on the other side of 0
+    from the observed ``mean`` (a one-sided bootstrap p-value)."""
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     other = float(np.mean(means <= 0)) if mean > 0 else float(np.mean(means >= 0))
-    return {"mean": mean, "low": float(lo), "high": float(hi), "p_one_sided": other, "n_users": int(diff.size)}
+    return {"low": float(lo), "high": float(hi), "p_one_sided": other}
 
 
 def two_level_bootstrap(d: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
@@ -91,10 +97,7 @@ def two_level_bootstrap(d: np.ndarray, n_boot: int = 10_000, seed: int = 0, leve
         seeds = rng.integers(0, s_n, size=(m, s_n))
         per_seed = np.nanmean(d[:, users], -1).T  # [m, seeds]
         means[start: start + m] = np.take_along_axis(per_seed, seeds, 1).mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    mean = float(np.nanmean(np.nanmean(d, 1)))
-    other = float(np.mean(means <= 0)) if mean > 0 else float(np.mean(means >= 0))
-    return {"low": float(lo), "high": float(hi), "p_one_sided": other}
+    return _percentile_interval(means, float(np.nanmean(np.nanmean(d, 1))), level)
 
 
 def paired_difference(
