@@ -11,8 +11,10 @@
 - ``gen``: new tokens/s of transformers' beam search (the reference), the prefill-once path
   (fp32) and its bf16 mode on ``--gen_n`` prompts (4 beams); then how many of ``--agree_n`` answers
   (the study's decoding: greedy, 24 new tokens) equal the reference's.
-- ``titles``: title embeddings per second in fp32 and bf16, all titles in bf16, and the
-  overlap of the grounded top-20 lists of the ``gen`` stage's answers under both.
+- ``titles``: title embeddings per second of the padded fp32 path (the reference) and the tree
+  layout (each shared token prefix once) in fp32 and under bf16 autocast; all titles; the
+  grounded top-20 lists of ``--agree_n`` greedy answers (the ``gen`` stage's, else made once by the
+  fast exact path and kept in ``--gen_file``) against the reference's.
 
 Every figure names the CPU; ratios are between runs of this process.
 """
@@ -33,7 +35,7 @@ from dealrec import llm
 from dealrec.data import load_dataset
 from dealrec.fewshot import build_examples
 from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import bf16_copy, generate
+from dealrec.generate import generate
 from dealrec.ground import embed_texts, item_embeddings, rank_items
 from dealrec.hardware import describe, native_bf16
 from dealrec.io import setup_logging, write_json
@@ -104,8 +106,10 @@ def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
     users = random.Random(0).sample(list(data.test_users), max(a.gen_n, a.agree_n))
     ex = build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
     paths = [("hf", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if native_bf16() else [])
+    if a.gen_modes:
+        paths = [p for p in paths if f"{p[0]}_{p[1]}" in a.gen_modes.split(",")]
     out, answers = {}, {}
-    for _ in range(a.repeats):  # the paths interleaved, the fastest of each kept (a shared machine)
+    for _ in range(a.repeats if a.gen_n else 0):  # the paths interleaved, the fastest of each kept (a shared machine)
         for eng, prec in paths:
             t = time.perf_counter()
             ans = generate(model, tok, ex[: a.gen_n], num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
@@ -122,50 +126,97 @@ def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
               flush=True)
     agree = {}
     ref = None
-    for eng, prec in paths if a.agree_n else []:
+    batches = [int(x) for x in a.agree_batches.split(",")] if a.agree_batches else [a.gen_batch]
+    greedy_paths = [(eng, prec, a.gen_batch if eng == "hf" else bs) for eng, prec in paths
+                    for bs in ([a.gen_batch] if eng == "hf" else batches)]
+    for eng, prec, bs in greedy_paths if a.agree_n else []:
         t = time.perf_counter()
-        ans = generate(model, tok, ex[: a.agree_n], num_beams=1, max_new_tokens=24, batch_size=a.gen_batch,
+        ans = generate(model, tok, ex[: a.agree_n], num_beams=1, max_new_tokens=24, batch_size=bs,
                        progress=True, engine=eng, precision=prec)
         sec = time.perf_counter() - t
         ref = ans if ref is None else ref
-        agree[f"{eng}_{prec}"] = {"seconds": sec, "equal_to_hf": sum(x == y for x, y in zip(ans, ref)),
-                                  "vs_hf": agree.get("hf_fp32", {}).get("seconds", sec) / sec}
-        print(f"agreement {eng}_{prec}: {agree[f'{eng}_{prec}']['equal_to_hf']}/{a.agree_n} answers equal to hf "
-              f"(greedy, 24 new tokens), {agree[f'{eng}_{prec}']['vs_hf']:.2f}x hf", flush=True)
+        name = f"{eng}_{prec}" + (f"_batch{bs}" if bs != a.gen_batch else "")
+        agree[name] = {"seconds": sec, "batch_size": bs, "equal_to_hf": sum(x == y for x, y in zip(ans, ref)),
+                       "new_tokens_per_s": _new_tokens(tok, ans) / sec,
+                       "vs_hf": agree.get("hf_fp32", {}).get("seconds", sec) / sec}
+        print(f"agreement {name}: {agree[name]['equal_to_hf']}/{a.agree_n} answers equal to hf "
+              f"(greedy, 24 new tokens, batch {bs}), {agree[name]['new_tokens_per_s']:.1f} new tokens/s, "
+              f"{agree[name]['vs_hf']:.2f}x hf", flush=True)
     report["gen"] = {"n": a.gen_n, "num_beams": a.num_beams, "max_new_tokens": a.max_new_tokens,
                      "adapter": "LoRA of the lora stage" if adapter else "none (base model)", **out,
                      "agreement_greedy24": {"n": a.agree_n, **agree}}
     return ref
 
 
+def _greedy_answers(a, data, tok) -> list[str]:
+    """``--agree_n`` greedy 24-token answers of the base model (or ``--lora_weights``) for random
+    test users, the fast exact path; kept in ``--gen_file`` when given."""
+    import json
+
+    if a.gen_file and Path(a.gen_file).exists():
+        return json.loads(Path(a.gen_file).read_text())
+    model = llm.load_base_model(None)
+    llm.align_special_tokens(model, tok)
+    if a.lora_weights:
+        model = llm.load_adapter(model, Path(a.lora_weights))
+    users = random.Random(0).sample(list(data.test_users), a.agree_n)
+    ex = build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
+    ans = generate(model.eval(), tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
+                   engine="fast", precision="fp32")
+    if a.gen_file:
+        write_json(a.gen_file, ans)
+    return ans
+
+
 def bench_titles(a, data, tok, report, generations: list[str] | None) -> None:
+    """Titles/s of the padded fp32 path (the reference) against the tree layout in fp32 and under bf16
+    autocast, on ``--titles_n`` random titles and on all of them; agreement: the largest relative
+    difference of the fp32 embeddings, and the grounded top-20 lists of ``generations`` (greedy answers)."""
     model = llm.load_base_model(None).eval()
-    m16 = bf16_copy(model)
     titles = [clean_title(t) for t in data.titles]
-    sample = random.Random(0).sample(titles, a.titles_n)
-    out = {}
-    for name, m in (("fp32", model), ("bf16", m16)):
+    sample = random.Random(0).sample(titles, min(a.titles_n, len(titles)))
+    paths = [("padded", "fp32"), ("tree", "fp32")] + ([("tree", "bf16"), ("padded", "bf16")] if native_bf16() else [])
+    out: dict = {}
+    embs = {}
+    for layout, prec in paths:
         t = time.perf_counter()
-        embed_texts(m, tok, sample, batch_size=32, progress=False)
-        sec = time.perf_counter() - t
-        out[name] = {"titles_per_s": a.titles_n / sec}
-    out["bf16"]["vs_fp32"] = out["bf16"]["titles_per_s"] / out["fp32"]["titles_per_s"]
-    print(f"titles fp32 {out['fp32']['titles_per_s']:.1f}/s, bf16 {out['bf16']['titles_per_s']:.1f}/s "
-          f"({out['bf16']['vs_fp32']:.2f}x) on {a.titles_n} titles", flush=True)
-    t = time.perf_counter()
-    e16 = item_embeddings(None, data, m16, tok, progress=True)  # cached per dtype afterwards
-    out["bf16_all_seconds"] = time.perf_counter() - t
-    print(f"titles: all {data.n_items} in bf16: {out['bf16_all_seconds']:.0f} s", flush=True)
+        embs[(layout, prec)] = embed_texts(model, tok, sample, batch_size=32, progress=False, layout=layout,
+                                           precision=prec)
+        out[f"{layout}_{prec}"] = {"titles_per_s": len(sample) / (time.perf_counter() - t)}
+    ref = embs[("padded", "fp32")]
+    for (layout, prec), e in embs.items():
+        r = out[f"{layout}_{prec}"]
+        r["vs_padded_fp32"] = r["titles_per_s"] / out["padded_fp32"]["titles_per_s"]
+        r["max_rel_diff"] = float(((e - ref).norm(dim=1) / ref.norm(dim=1)).max())
+        print(f"titles {layout:<6s} {prec}: {r['titles_per_s']:6.1f}/s {r['vs_padded_fp32']:5.2f}x padded fp32, "
+              f"max rel. difference {r['max_rel_diff']:.1e} ({len(sample)} random titles)", flush=True)
+    full = {}
+    for layout, prec in [("tree", "fp32")] + ([("tree", "bf16")] if native_bf16() else []) + \
+            ([("padded", "fp32")] if a.titles_full_reference else []):
+        t = time.perf_counter()
+        full[(layout, prec)] = embed_texts(model, tok, titles, batch_size=32, progress=True, desc=f"{layout} {prec}",
+                                           layout=layout, precision=prec)
+        out[f"all_{layout}_{prec}_seconds"] = time.perf_counter() - t
+        print(f"titles: all {len(titles)} {layout} {prec}: {out[f'all_{layout}_{prec}_seconds']:.0f} s", flush=True)
+    e32 = full.get(("padded", "fp32"))
+    if e32 is None:  # the padded fp32 embeddings of all titles as cached by evaluate.py, if there
+        e32 = item_embeddings(None, data, model, tok, progress=True, layout="padded")
+    tree32 = full[("tree", "fp32")]
+    out["all_tree_fp32_max_rel_diff"] = float(((tree32 - e32).norm(dim=1) / e32.norm(dim=1)).max())
+    print(f"titles: all, tree fp32 vs padded fp32: max rel. difference {out['all_tree_fp32_max_rel_diff']:.1e}",
+          flush=True)
     if generations:
-        e32 = item_embeddings(None, data, model, tok, progress=True)  # the fp32 cache (slow the first time)
         texts = [g.strip().strip('"') for g in generations]
-        r32 = rank_items(embed_texts(model, tok, texts, progress=False), e32, 20)
-        r16 = rank_items(embed_texts(m16, tok, texts, progress=False), e16, 20)
-        ov = [len(set(x.tolist()) & set(y.tolist())) / 20 for x, y in zip(r32, r16)]
-        out["top20_overlap"] = {"n": len(ov), "mean": sum(ov) / len(ov), "min": min(ov)}
-        print(f"titles: grounded top-20 overlap bf16 vs fp32 on {len(ov)} generations: mean "
-              f"{out['top20_overlap']['mean']:.3f}, min {out['top20_overlap']['min']:.2f}", flush=True)
-    report["titles"] = {"n_timed": a.titles_n, **out}
+        r32 = rank_items(embed_texts(model, tok, texts, progress=False, layout="padded"), e32, 20)
+        for (layout, prec), e in full.items():
+            rk = rank_items(embed_texts(model, tok, texts, progress=False, layout=layout, precision=prec), e, 20)
+            ov = [len(set(x.tolist()) & set(y.tolist())) / 20 for x, y in zip(r32, rk)]
+            same = sum(x.tolist() == y.tolist() for x, y in zip(r32, rk))
+            out[f"top20_{layout}_{prec}"] = {"n": len(ov), "mean_overlap": sum(ov) / len(ov), "min_overlap": min(ov),
+                                             "identical_lists": same}
+            print(f"titles: grounded top-20, {layout} {prec} vs padded fp32 on {len(ov)} generations: overlap mean "
+                  f"{sum(ov) / len(ov):.3f}, min {min(ov):.2f}; {same} lists identical", flush=True)
+    report["titles"] = {"n_timed": len(sample), **out}
 
 
 def main() -> None:
@@ -184,7 +235,13 @@ def main() -> None:
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=1, help="gen: time each path this often, interleaved; keep the fastest")
     p.add_argument("--agree_n", type=int, default=300)
-    p.add_argument("--titles_n", type=int, default=512)
+    p.add_argument("--agree_batches", default=None,
+                   help="gen: batch sizes of the fast paths in the greedy run, e.g. 8,32,64 (default: --gen_batch)")
+    p.add_argument("--gen_modes", default=None, help="gen: timed paths, e.g. hf_fp32,fast_fp32 (default: all)")
+    p.add_argument("--titles_n", type=int, default=2048)
+    p.add_argument("--titles_full_reference", action="store_true",
+                   help="titles: also time the padded fp32 path on all titles (else its cached embeddings are used)")
+    p.add_argument("--gen_file", default=None, help="titles: the greedy answers to ground (made and kept here if absent)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     if a.threads:
@@ -206,6 +263,8 @@ def main() -> None:
         if "gen" in stages:
             gens = bench_gen(a, data, tok, report, adapter)
         if "titles" in stages:
+            if gens is None and a.agree_n:
+                gens = _greedy_answers(a, data, tok)
             bench_titles(a, data, tok, report, gens)
     if a.json:
         write_json(a.json, report)

@@ -373,10 +373,12 @@ def test_inference_and_grounding(byo_models, byo_data, fewshot, trained, tmp_pat
     assert [r["user"] for r in recs] == byo_data.test_users[:6]
 
     base = llm.load_base_model(byo_models[name])
-    titles = ["Halo 3", "Portal 2", "The Legend of Zelda: Ocarina of Time", ""]
-    together = embed_texts(base, tok, titles, batch_size=4, progress=False)
+    titles = ["Halo 3", "Portal 2", "The Legend of Zelda: Ocarina of Time", "", "Halo", "The Legend of Zelda"]
+    together = embed_texts(base, tok, titles, batch_size=4, progress=False)  # the tree layout (shared prefixes once)
     alone = torch.cat([embed_texts(base, tok, [t], batch_size=1, progress=False) for t in titles])
+    padded = embed_texts(base, tok, titles, batch_size=4, progress=False, layout="padded")
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
     report = evaluate_results(result, byo_data, base_model=str(byo_models[name]), max_items=100, model=base,
                               tokenizer=tok, progress=False)
     assert report["n_predictions"] == 6 and report["base_model"] == llm.model_id(byo_models[name])

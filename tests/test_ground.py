@@ -53,6 +53,11 @@ def test_rank_and_metrics_by_hand():
     assert m["n_users"] == 3
 
 
+def test_bad_embed_layout_is_named_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--embed_layout must be one of tree, padded, got 'trie'"):
+        evaluate_results(tmp_path / "missing.json", None, layout="trie")
+
+
 def test_rank_items_equals_brute_force():
     g = torch.Generator().manual_seed(0)
     gen, items = torch.randn(7, 16, generator=g), torch.randn(50, 16, generator=g)
@@ -70,11 +75,16 @@ def test_rank_items_equals_brute_force():
 
 
 @pytest.mark.slow
-def test_left_padded_embedding_equals_single(model, tok):
-    texts = ["Halo 3 - Xbox 360", "", "The Legend of Zelda: Breath of the Wild - Nintendo Switch", "Tetris"]
-    batched = embed_texts(model, tok, texts, batch_size=4, progress=False)
-    singles = torch.cat([embed_texts(model, tok, [t], progress=False) for t in texts])
+def test_left_padded_and_tree_embeddings_equal_single(model, tok, monkeypatch):
+    texts = ["Halo 3 - Xbox 360", "", "The Legend of Zelda: Breath of the Wild - Nintendo Switch", "Tetris",
+             "Halo 3 - Xbox 360 Limited Edition", "The Legend of Zelda: Ocarina of Time", "Halo", *TITLES]
+    batched = embed_texts(model, tok, texts, batch_size=4, progress=False, layout="padded")
+    singles = torch.cat([embed_texts(model, tok, [t], progress=False, layout="padded") for t in texts])
     torch.testing.assert_close(batched, singles, atol=1e-3, rtol=1e-4)
+    monkeypatch.setattr(ground, "TREE_ROW", 16)  # rows that split the titles' trie
+    monkeypatch.setattr(ground, "TREE_TOKENS", 32)
+    tree = embed_texts(model, tok, texts, progress=False)  # the default layout
+    torch.testing.assert_close(tree, singles, atol=1e-3, rtol=1e-4)
     # the reference: an unpadded forward pass, last position of the last layer
     with torch.no_grad():
         ids = tok(texts[2], return_tensors="pt")
@@ -140,6 +150,7 @@ def test_evaluate_end_to_end(model, tok, tmp_path, cache):
     assert rep["n_predictions"] == 3 and rep["n_empty"] == 1 and rep["n_users"] == 3
     assert rep["exact_title_share"] == pytest.approx(2 / 3)
     assert rep["ks"] == [1, 2, 10] and rep["n_items_ranked"] == 6
+    assert rep["embed_layout"] == "tree" and rep["precision"] == "fp32"
     # user 0 generated its target's title: rank 0. User 1 generated the duplicate title of its
     # target 2: items 1 and 2 tie at distance 0, item 1 (lower id) first, so target 2 is at rank 1.
     ranked = rank_items(embed_texts(model, tok, [r["predict"] for r in rows], progress=False),

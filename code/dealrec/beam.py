@@ -98,18 +98,27 @@ def _prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Sha
 
 def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor, next_pos: torch.Tensor,
             max_new_tokens: int, eos: torch.Tensor) -> list[list[int]]:
-    """transformers' greedy search: the arg-max token until EOS (kept) or ``max_new_tokens``."""
-    b, ckw = logits.shape[0], cache_kwarg(model)
-    out = [[] for _ in range(b)]
-    running = torch.ones(b, dtype=torch.bool, device=logits.device)
+    """transformers' greedy search: the arg-max token until EOS (kept) or ``max_new_tokens``.
+
+    A prompt that reached EOS leaves the batch (its rows of the cache, mask and positions are
+    dropped), where transformers keeps computing it to the end.
+    """
+    ckw = cache_kwarg(model)
+    out: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    rows = list(range(logits.shape[0]))  # the prompt of each live row
     for t in range(max_new_tokens):
         token = logits.argmax(-1)
-        for i in running.nonzero().flatten().tolist():
-            out[i].append(int(token[i]))
-        running = running & ~torch.isin(token, eos)
-        if t + 1 == max_new_tokens or not bool(running.any()):
+        for j, i in enumerate(rows):
+            out[i].append(int(token[j]))
+        done = torch.isin(token, eos)
+        if t + 1 == max_new_tokens or bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=mask.device)], 1)
+        if bool(done.any()):
+            keep = (~done).nonzero().flatten()
+            cache.reorder_cache(keep)
+            mask, next_pos, token = mask[keep], next_pos[keep], token[keep]
+            rows = [rows[j] for j in keep.tolist()]
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=mask.device)], 1)
         o = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
                   logits_to_keep=1, **{ckw: cache})
         logits, cache = o.logits[:, -1].float(), output_cache(o)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,7 @@ from tqdm.auto import tqdm
 
 from . import faults
 from .data import DataError, RecData
-from .generate import bf16_copy
-from .hardware import cpu_precision
+from .hardware import cpu_precision, describe
 from .io import (
     LOG,
     cache_key,
@@ -70,10 +70,25 @@ class EvaluateConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     max_items: int | None = None  # demo only: rank among the first N items + targets
     ground_precision: str = "fp32"  # fp32 | bf16 (CPU with native bf16) | auto: embeddings' precision
+    embed_layout: str = "tree"  # tree: each shared token prefix once (exact) | padded: the reference batches
 
 
 POOLING = "last-token-v1"
-GROUND_AUTO = "fp32"  # what --ground_precision auto runs (README "Performance": agreement of bf16)
+GROUND_AUTO = "bf16"  # what --ground_precision auto runs (README "Performance": tree layout, bf16 autocast: top-20 overlap 0.965)
+
+
+EMBED_LAYOUTS = ("tree", "padded")
+TREE_ROW = 256  # tree layout: tokens per row (at least the longest text)
+TREE_TOKENS = 2048  # tree layout: tokens per forward pass
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    seqs = []
+    for t in texts:
+        ids = list(tokenizer(t)["input_ids"])
+        seqs.append(ids if ids else [eos])  # an empty text is embedded as the end-of-sequence token
+    return seqs
 
 
 @torch.no_grad()
@@ -84,26 +99,49 @@ def embed_texts(
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "embed",
+    layout: str = "tree",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """[N, hidden] float32 (CPU): last-layer hidden state of each text's last real token.
 
-    Runs the decoder without the LM head; texts are sorted by length and left-padded with
-    position ids counted from each text's first real token.
+    Runs the decoder without the LM head. ``layout``: ``tree`` (default) runs each distinct
+    token prefix of the texts once (:mod:`dealrec.tree_pack`; exact up to float rounding),
+    ``padded`` sorts the texts by length and runs them ``batch_size`` at a time, left-padded with
+    position ids counted from each text's first real token (the reference; also what the tree
+    layout falls back to for attention implementations other than sdpa/eager).
+    ``precision`` ``bf16`` runs under bf16 autocast (the residual stream stays fp32).
     """
+    return embed_token_seqs(model, _tokenize(tokenizer, texts), tokenizer.pad_token_id, batch_size, progress, desc,
+                            layout, precision)
+
+
+@torch.no_grad()
+def embed_token_seqs(model: Any, seqs: list[list[int]], pad_id: int, batch_size: int = 32, progress: bool = True,
+                     desc: str = "embed", layout: str = "tree", precision: str = "fp32") -> torch.Tensor:
+    """:func:`embed_texts` for token id sequences (each non-empty)."""
     if hasattr(model, "peft_config"):
         raise ValueError("embed_texts needs the base model without a LoRA adapter (BIGRec grounds with the base LLM)")
+    if layout not in EMBED_LAYOUTS:
+        raise ValueError(f"embed layout must be one of {EMBED_LAYOUTS}, got {layout!r}")
+    if not seqs:
+        raise ValueError("embed_texts: no texts")
     backbone = getattr(model, "base_model", model)  # the decoder without the LM head
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    seqs = []
-    for t in texts:
-        ids = list(tokenizer(t)["input_ids"])
-        seqs.append(ids if ids else [eos])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if layout == "tree":
+            out = _embed_tree(model, backbone, pad_id, seqs, device, progress, desc)
+            if out is not None:
+                return out
+        return _embed_padded(backbone, pad_id, seqs, batch_size, device, progress, desc)
+
+
+def _embed_padded(backbone: Any, pad_id: int, seqs: list[list[int]], batch_size: int, device: torch.device,
+                  progress: bool, desc: str) -> torch.Tensor:
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start: start + batch_size]
-        ids, mask = pad_batch([seqs[i] for i in idx], tokenizer.pad_token_id, "left")
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id, "left")
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
         hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
@@ -113,8 +151,49 @@ def embed_texts(
             out = torch.empty((len(seqs), vec.shape[1]), dtype=torch.float32)
         out[torch.tensor(idx)] = vec
         faults.step("ground")
-    if out is None:
-        raise ValueError("embed_texts: no texts")
+    assert out is not None
+    return out
+
+
+def _embed_tree(model: Any, backbone: Any, pad_id: int, seqs: list[list[int]], device: torch.device,
+                progress: bool, desc: str) -> torch.Tensor | None:
+    from .tree_pack import attention_mask_for, build_trie, layout_rows, tree_batches
+
+    dtype = next(model.parameters()).dtype
+    probe = attention_mask_for(model, torch.ones((1, 1, 1, 1), dtype=torch.bool), dtype)
+    if probe is None:
+        LOG.info("embeddings: attention %r takes no custom 4D mask; padded batches",
+                 model.config._attn_implementation)
+        return None
+    trie = build_trie(seqs)
+    capacity = max(TREE_ROW, max(trie.depth) + 1)
+    rows, where = layout_rows(trie, capacity)
+    ends_by_row: dict[int, list[tuple[int, int]]] = {}
+    for i, node in enumerate(trie.end):
+        r, c = where[node]
+        ends_by_row.setdefault(r, []).append((i, c))
+    rows_per_batch = max(1, TREE_TOKENS // capacity)
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False, unit="row")
+    for batch in tree_batches(trie, rows, rows_per_batch, pad_id):
+        mask = attention_mask_for(model, batch.allowed, dtype)
+        hidden = backbone(input_ids=batch.input_ids.to(device), attention_mask=mask.to(device),
+                          position_ids=batch.position_ids.to(device)).last_hidden_state
+        text_idx, b_idx, cols = [], [], []
+        for b, r in enumerate(batch.rows):
+            for i, c in ends_by_row.get(r, ()):
+                text_idx.append(i)
+                b_idx.append(b)
+                cols.append(c)
+        if text_idx:
+            vec = hidden[torch.tensor(b_idx, device=device), torch.tensor(cols, device=device)].float().cpu()
+            if out is None:
+                out = torch.empty((len(seqs), vec.shape[1]), dtype=torch.float32)
+            out[torch.tensor(text_idx)] = vec
+        bar.update(len(batch.rows))
+        faults.step("ground")
+    bar.close()
+    assert out is not None
     return out
 
 
@@ -134,8 +213,12 @@ def item_embeddings(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    precision: str = "fp32",
+    layout: str = "tree",
 ) -> torch.Tensor:
-    """Embeddings of the item titles (all, or ``items``), cached per model, data set and titles.
+    """Embeddings of the item titles (all, or ``items``), cached per model, data set, titles and
+    precision (``bf16``: bf16 autocast, :func:`embed_texts`). Both layouts compute the same
+    embeddings (up to float rounding) and share the cache; the manifest names the one that ran.
 
     Cache: ``<dealrec cache>/embeddings/{data}-{key}.pt`` with a manifest beside it.
     """
@@ -146,6 +229,8 @@ def item_embeddings(
     dtype = next(model.parameters()).dtype if model is not None else default_dtype(device)
     key = {"model": model_id(base_model), "data_name": data.name, "titles": titles_hash(titles),
            "n": len(titles), "dtype": str(dtype), "pooling": POOLING}
+    if precision == "bf16":
+        key["autocast"] = "bf16"
     path = cache_dir() / "embeddings" / f"{data.name}-{cache_key(key)}.pt"
     if cached(path, key):
         emb = load_tensor(path)
@@ -155,9 +240,12 @@ def item_embeddings(
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)
         model = load_base_model(base_model, device)
-    emb = embed_texts(model, tokenizer, titles, batch_size, progress, desc=f"{data.name} items")
+    t0 = time.perf_counter()
+    emb = embed_texts(model, tokenizer, titles, batch_size, progress, desc=f"{data.name} items", layout=layout,
+                      precision=precision)
     save_tensor(path, emb)
-    write_manifest(path, key, shape=list(emb.shape))
+    write_manifest(path, key, shape=list(emb.shape), layout=layout, seconds=round(time.perf_counter() - t0, 1),
+                   machine=describe())
     LOG.info("item embeddings: %d x %d written to %s", emb.shape[0], emb.shape[1], path)
     return emb
 
@@ -245,6 +333,7 @@ def evaluate_results(
     progress: bool = True,
     write: bool = True,
     precision: str = "fp32",
+    layout: str = "tree",
 ) -> dict[str, Any]:
     """Ground the generations of ``result_file``, score them and write ``<result>.metrics.json``
     and the per-user hit ranks ``<result>.hits.json`` (:func:`hits_path`).
@@ -255,9 +344,11 @@ def evaluate_results(
     :func:`dealrec.metrics.hit_ranks`), from which :func:`dealrec.paired.metrics_from_ranks`
     recomputes each user's Recall/NDCG@K.
 
-    ``precision`` (``fp32|bf16|auto``): ``bf16`` embeds titles and generations with a bf16 copy
-    of the base model (CPU with native bf16 only; else fp32 with a warning); ``auto`` =
+    ``precision`` (``fp32|bf16|auto``): ``bf16`` embeds titles and generations under bf16 autocast
+    (the residual stream stays fp32; CPU with native bf16 only, else fp32 with a warning); ``auto`` =
     ``GROUND_AUTO``. The title cache is kept per precision.
+
+    ``layout``: :func:`embed_texts` (``tree``, the default, or ``padded``; same embeddings).
 
     ``max_items`` (demos only) ranks among items ``0..max_items-1`` plus every target item
     instead of the whole catalogue; the report says so and the figures are not comparable.
@@ -271,12 +362,14 @@ def evaluate_results(
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
     if max_items is not None and max_items < 1:
         raise ValueError(f"--max_items must be ≥ 1 (or omitted), got {max_items}")
+    if layout not in EMBED_LAYOUTS:
+        raise ValueError(f"--embed_layout must be one of {', '.join(EMBED_LAYOUTS)}, got {layout!r}")
     precision = cpu_precision(precision, device, "--ground_precision", auto=GROUND_AUTO)
     rows = read_results(result_file, data)
     if model is None or tokenizer is None:
         check_model_folder(base_model)
     args = (rows, result_file, data, base_model, ks, batch_size, device, max_items, model, tokenizer, progress, write,
-            precision)
+            precision, layout)
     if not write:
         return _evaluate(*args)
     check_writable(metrics_path(result_file).parent, "--result_file")
@@ -286,22 +379,22 @@ def evaluate_results(
 
 def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: RecData, base_model: Any,
               ks: list[int], batch_size: int, device: Any, max_items: int | None, model: Any, tokenizer: Any,
-              progress: bool, write: bool, precision: str) -> dict[str, Any]:
+              progress: bool, write: bool, precision: str, layout: str) -> dict[str, Any]:
     from .llm import load_base_model, load_tokenizer, model_id
 
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)
         model = load_base_model(base_model, device)
-    if precision == "bf16":
-        model = bf16_copy(model)
     targets = [r["target_ids"] for r in rows]
     items = None
     if max_items is not None and max_items < data.n_items:
         items = sorted(set(range(max_items)) | {i for t in targets for i in t})
     item_ids = torch.arange(data.n_items) if items is None else torch.tensor(items)
-    item_emb = item_embeddings(base_model, data, model, tokenizer, items, batch_size, device, progress)
+    item_emb = item_embeddings(base_model, data, model, tokenizer, items, batch_size, device, progress, precision,
+                               layout)
     texts = [r["predict"].strip().strip('"') for r in rows]
-    gen_emb = embed_texts(model, tokenizer, texts, batch_size, progress, desc="generations")
+    gen_emb = embed_texts(model, tokenizer, texts, batch_size, progress, desc="generations", precision=precision,
+                          layout=layout)
     ranked = item_ids[rank_items(gen_emb, item_emb, max(ks))]
     m = topk_metrics(ranked.numpy(), targets, ks)
     title_set = {clean_title(t) for t in data.titles}
@@ -325,6 +418,7 @@ def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: 
         "pooling": POOLING,
         "distance": "L2",
         "precision": precision,
+        "embed_layout": layout,
     }
     per_user = {"users": [r.get("user") if isinstance(r.get("user"), int) else None for r in rows],
                 "ks": ks, "hit_ranks": hit_ranks(ranked.numpy(), targets)}

@@ -414,7 +414,10 @@ class Study:
         if self.cfg.max_items is not None and self.cfg.max_items < self.data.n_items:
             targets = {i for r in read_json(self.test_file()) for i in r["target_ids"]}
             items = sorted(set(range(self.cfg.max_items)) | targets)
-        item_embeddings(self.cfg.base_model, self.data, self.base, self.tokenizer, items, device=self.cfg.device)
+        precision = cpu_precision(self.cfg.ground_precision, self.cfg.device, "--ground_precision", auto=GROUND_AUTO,
+                                  warn=False)  # the cache evaluate_results will look for
+        item_embeddings(self.cfg.base_model, self.data, self.base, self.tokenizer, items, device=self.cfg.device,
+                        precision=precision)
 
     def prune_timings(self) -> dict[str, float]:
         """Seconds of each pruning stage, read from the score manifests."""
@@ -474,7 +477,7 @@ class Study:
             gen.pop("precision", None)
         ground = {"model": model_id(cfg.base_model), "pooling": POOLING, "distance": "L2"}
         if cpu_precision(cfg.ground_precision, cfg.device, "--ground_precision", auto=GROUND_AUTO, warn=False) != "fp32":
-            ground["precision"] = "bf16"
+            ground["precision"] = "bf16-autocast"
         gen["base_model"] = model_id(gen["base_model"])
         return {"data_name": cfg.data_name, "train": self.train_hash, "strategy": strategy, "seed": seed,
                 "selection": cache_key({"u": users}), "n_selected": len(users), "finetune": ft, "generate": gen,

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_results(
             result, data, a.base_model, ks, a.batch_size,
             resolve_device(a.gpu), a.max_items, precision=a.ground_precision,
+            layout=a.embed_layout,
         )
     except (DataError, ModelError, OSError, ValueError) as e:
         log.error("%s", e)
