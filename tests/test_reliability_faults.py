@@ -211,8 +211,9 @@ def test_finetune_generate_ground_killed(data_dir, base_model, fewshot, tmp_path
     assert json.loads((out / "r.json").read_text()) == json.loads((ref / "r.json").read_text())
     points.append(point)
 
-    # grounding: item titles (12 + targets, batches of 4) then the 3 generations; killed in between
-    point = kill_point("ground", 1, 3)
+    # grounding: item titles (12 + targets: one batch of the tree layout) then the 3 generations (one
+    # more); killed in between or before the metrics are written
+    point = kill_point("ground", 1, 2)
     killed(run("evaluate.py", ev_args(data_dir, base_model, out), env=base_env(**env, DEALREC_FAULT_AFTER=point)),
            point)
     assert not (out / "r.metrics.json").exists()
