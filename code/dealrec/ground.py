@@ -14,6 +14,8 @@ Differences from the original:
 - Embeddings are padded on the left with explicit position ids and the last *real* token is
   taken via the attention mask, so a text's embedding does not depend on its batch (the
   original's batches shifted the positions of padded texts).
+- Texts go through a token trie by default (:mod:`dealrec.tree_pack`): each token prefix that
+  several titles share is run once; equal, up to float rounding, to running each text alone.
 - Item titles are embedded as cleaned in the prompts (no newlines). Ties (items with the same
   title have the same embedding) are broken by the lower item id.
 - An empty generation is a valid (bad) prediction: it is embedded as the end-of-sequence
