@@ -168,6 +168,11 @@ def _greedy_answers(a, data, tok) -> list[str]:
     return ans
 
 
+def _max_rel_diff(e: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest per-row relative L2 difference of ``e`` to ``ref``."""
+    return float(((e - ref).norm(dim=1) / ref.norm(dim=1)).max())
+
+
 def bench_titles(a, data, tok, report, generations: list[str] | None) -> None:
     """Titles/s of the padded fp32 path (the reference) against the tree layout in fp32 and under bf16
     autocast, on ``--titles_n`` random titles and on all of them; agreement: the largest relative
@@ -187,7 +192,7 @@ def bench_titles(a, data, tok, report, generations: list[str] | None) -> None:
     for (layout, prec), e in embs.items():
         r = out[f"{layout}_{prec}"]
         r["vs_padded_fp32"] = r["titles_per_s"] / out["padded_fp32"]["titles_per_s"]
-        r["max_rel_diff"] = float(((e - ref).norm(dim=1) / ref.norm(dim=1)).max())
+        r["max_rel_diff"] = _max_rel_diff(e, ref)
         print(f"titles {layout:<6s} {prec}: {r['titles_per_s']:6.1f}/s {r['vs_padded_fp32']:5.2f}x padded fp32, "
               f"max rel. difference {r['max_rel_diff']:.1e} ({len(sample)} random titles)", flush=True)
     full = {}
@@ -202,7 +207,7 @@ def bench_titles(a, data, tok, report, generations: list[str] | None) -> None:
     if e32 is None:  # the padded fp32 embeddings of all titles as cached by evaluate.py, if there
         e32 = item_embeddings(None, data, model, tok, progress=True, layout="padded")
     tree32 = full[("tree", "fp32")]
-    out["all_tree_fp32_max_rel_diff"] = float(((tree32 - e32).norm(dim=1) / e32.norm(dim=1)).max())
+    out["all_tree_fp32_max_rel_diff"] = _max_rel_diff(tree32, e32)
     print(f"titles: all, tree fp32 vs padded fp32: max rel. difference {out['all_tree_fp32_max_rel_diff']:.1e}",
           flush=True)
     if generations:

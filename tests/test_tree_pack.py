@@ -91,8 +91,8 @@ def test_other_attention_falls_back_to_padded(monkeypatch):
     seqs = random_seqs(10, seed=2)
     ref = embed_token_seqs(model, seqs, PAD, progress=False, layout="padded")
     other = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
-    assert tree_pack.attention_mask_for(other, torch.ones((1, 1, 2, 2), dtype=torch.bool), torch.float32) is None
-    monkeypatch.setattr(tree_pack, "attention_mask_for", lambda *a: None)  # as for that implementation
+    assert tree_pack.mask_form(other) is None
+    monkeypatch.setattr(tree_pack, "mask_form", lambda *a: None)  # as for that implementation
     calls = []
     real = ground._embed_padded
     monkeypatch.setattr(ground, "_embed_padded", lambda *a: calls.append(1) or real(*a))

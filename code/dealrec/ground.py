@@ -159,11 +159,11 @@ def _embed_padded(backbone: Any, pad_id: int, seqs: list[list[int]], batch_size:
 
 def _embed_tree(model: Any, backbone: Any, pad_id: int, seqs: list[list[int]], device: torch.device,
                 progress: bool, desc: str) -> torch.Tensor | None:
-    from .tree_pack import attention_mask_for, build_trie, layout_rows, tree_batches
+    from .tree_pack import attention_mask_for, build_trie, layout_rows, mask_form, tree_batches
 
     dtype = next(model.parameters()).dtype
-    probe = attention_mask_for(model, torch.ones((1, 1, 1, 1), dtype=torch.bool), dtype)
-    if probe is None:
+    form = mask_form(model)
+    if form is None:
         LOG.info("embeddings: attention %r takes no custom 4D mask; padded batches",
                  model.config._attn_implementation)
         return None
@@ -178,7 +178,7 @@ def _embed_tree(model: Any, backbone: Any, pad_id: int, seqs: list[list[int]], d
     out: torch.Tensor | None = None
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False, unit="row")
     for batch in tree_batches(trie, rows, rows_per_batch, pad_id):
-        mask = attention_mask_for(model, batch.allowed, dtype)
+        mask = attention_mask_for(batch.allowed, form, dtype)
         hidden = backbone(input_ids=batch.input_ids.to(device), attention_mask=mask.to(device),
                           position_ids=batch.position_ids.to(device)).last_hidden_state
         text_idx, b_idx, cols = [], [], []

@@ -414,10 +414,13 @@ class Study:
         if self.cfg.max_items is not None and self.cfg.max_items < self.data.n_items:
             targets = {i for r in read_json(self.test_file()) for i in r["target_ids"]}
             items = sorted(set(range(self.cfg.max_items)) | targets)
-        precision = cpu_precision(self.cfg.ground_precision, self.cfg.device, "--ground_precision", auto=GROUND_AUTO,
-                                  warn=False)  # the cache evaluate_results will look for
         item_embeddings(self.cfg.base_model, self.data, self.base, self.tokenizer, items, device=self.cfg.device,
-                        precision=precision)
+                        precision=self.ground_precision())  # the cache evaluate_results will look for
+
+    def ground_precision(self) -> str:
+        """What ``--ground_precision`` runs on this device (``fp32`` or ``bf16``)."""
+        return cpu_precision(self.cfg.ground_precision, self.cfg.device, "--ground_precision", auto=GROUND_AUTO,
+                             warn=False)
 
     def prune_timings(self) -> dict[str, float]:
         """Seconds of each pruning stage, read from the score manifests."""
@@ -476,7 +479,7 @@ class Study:
         if cfg.generate.resolved_precision() == "fp32":
             gen.pop("precision", None)
         ground = {"model": model_id(cfg.base_model), "pooling": POOLING, "distance": "L2"}
-        if cpu_precision(cfg.ground_precision, cfg.device, "--ground_precision", auto=GROUND_AUTO, warn=False) != "fp32":
+        if self.ground_precision() != "fp32":
             ground["precision"] = "bf16-autocast"
         gen["base_model"] = model_id(gen["base_model"])
         return {"data_name": cfg.data_name, "train": self.train_hash, "strategy": strategy, "seed": seed,

@@ -137,14 +137,16 @@ def tree_batches(trie: Trie, rows: list[list[int]], rows_per_batch: int, pad_id:
         yield TreeBatch(ids, pos, allowed, list(range(start, start + len(chunk))))
 
 
-def attention_mask_for(model, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """The 4D mask in the form the model's attention takes: bool for ``sdpa``, additive
-    (0 / dtype min) for ``eager``; None for any other implementation (flash, flex, paged: the
+def mask_form(model) -> str | None:
+    """How the model's attention takes a custom 4D mask: ``bool`` (``sdpa``), ``additive``
+    (``eager``: 0 / dtype min), or None for any other implementation (flash, flex, paged: the
     caller falls back to padded batches)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
+    return {"sdpa": "bool", "eager": "additive"}.get(impl)
+
+
+def attention_mask_for(allowed: torch.Tensor, form: str, dtype: torch.dtype) -> torch.Tensor:
+    """``allowed`` [B, 1, W, W] in the :func:`mask_form` ``form``."""
+    if form == "bool":
         return allowed
-    if impl == "eager":
-        add = torch.zeros(allowed.shape, dtype=dtype)
-        return add.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return None
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
