@@ -76,13 +76,16 @@ STUDY_PRESETS: dict[str, Preset] = {
     # seeds, with the cpu preset's LoRA recipe (response-only loss, lr 2e-3, 2 epochs of batches
     # of 8: the recipe that made the embedded 135M model's generations differ between
     # selections) and greedy 24-token generations; prompts of up to 512 tokens everywhere (the
-    # pruning CLI's effort default, so effort scores computed by prune.py can be reused).
+    # pruning CLI's effort default, so effort scores computed by prune.py can be reused). LoRA
+    # runs under bf16 autocast where the CPU has native bf16 (1.7x, loss within seed noise; fp32
+    # elsewhere, and the run's key says which ran); greedy batches of 32 (the fastest measured on
+    # 2 cores, docs/bench/gen_greedy_batches.json).
     "full": {
         "prune.select.n_fewshot": 1024, "strategies": FULL_STRATEGIES, "seeds": (0, 1, 2),
         "sasrec_seeds": (0, 1, 2, 3, 4), "reference_seeds": (0,), "prune.max_users": None, "test_users": 2000, "test_seed": 0,
         "cutoff_len": 512, "finetune.batch_size": 8, "finetune.micro_batch_size": 4, "finetune.num_epochs": 2.0,
         "finetune.learning_rate": 2e-3, "finetune.warmup_steps": 4, "finetune.train_on_inputs": False,
-        "finetune.val_set_size": 32, "finetune.eval_steps": 64, "generate.num_beams": 1,
-        "generate.max_new_tokens": 24, "generate.batch_size": 16,
+        "finetune.val_set_size": 32, "finetune.eval_steps": 64, "finetune.precision": "auto",
+        "generate.num_beams": 1, "generate.max_new_tokens": 24, "generate.batch_size": 32,
     },
 }
