@@ -97,14 +97,18 @@ def _new_tokens(tok, texts: list[str]) -> int:
     return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # + the EOS
 
 
-def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
+def _gen_setup(a, data, tok, adapter: Path | None, n: int) -> tuple[object, list[dict]]:
+    """The embedded model (with ``adapter``) and the prompts of ``n`` random test users (seed 0)."""
     model = llm.load_base_model(None)
     llm.align_special_tokens(model, tok)
     if adapter is not None:
         model = llm.load_adapter(model, adapter)
-    model.eval()
-    users = random.Random(0).sample(list(data.test_users), max(a.gen_n, a.agree_n))
-    ex = build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
+    users = random.Random(0).sample(list(data.test_users), n)
+    return model.eval(), build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
+
+
+def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
+    model, ex = _gen_setup(a, data, tok, adapter, max(a.gen_n, a.agree_n))
     paths = [("hf", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if native_bf16() else [])
     if a.gen_modes:
         paths = [p for p in paths if f"{p[0]}_{p[1]}" in a.gen_modes.split(",")]
@@ -155,13 +159,8 @@ def _greedy_answers(a, data, tok) -> list[str]:
 
     if a.gen_file and Path(a.gen_file).exists():
         return json.loads(Path(a.gen_file).read_text())
-    model = llm.load_base_model(None)
-    llm.align_special_tokens(model, tok)
-    if a.lora_weights:
-        model = llm.load_adapter(model, Path(a.lora_weights))
-    users = random.Random(0).sample(list(data.test_users), a.agree_n)
-    ex = build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
-    ans = generate(model.eval(), tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
+    model, ex = _gen_setup(a, data, tok, Path(a.lora_weights) if a.lora_weights else None, a.agree_n)
+    ans = generate(model, tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
                    engine="fast", precision="fp32")
     if a.gen_file:
         write_json(a.gen_file, ans)

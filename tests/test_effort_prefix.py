@@ -78,6 +78,28 @@ def test_progress_moves_within_a_chunk():
         assert bar.n == len(rows) and bar.calls == len(rows)
 
 
+@pytest.mark.parametrize("precision,head_dtype", [("fp32", torch.float32), ("bf16", torch.float32),
+                                                  ("bf16_head", torch.bfloat16)])
+@pytest.mark.parametrize("prefix_reuse", [True, False], ids=["prefix", "padded"])
+def test_toy_loss_head_precision(precision, head_dtype, prefix_reuse):
+    """The loss head's matmul runs in bf16 only for ``bf16_head``, on both paths (``bf16`` keeps
+    it in fp32 like the target layer), and every mode's scores stay close to fp32."""
+    em = toy_effort_model("lora_B", "right")
+    em.model.float()
+    em.cfg.prefix_reuse = prefix_reuse
+    ref = em.norms(PREFIX_ROWS, progress=False)
+    seen = []
+    head = em._lm_head()
+    hook = head.register_forward_hook(lambda _m, args, out: seen.append(out.dtype) if args[0].dim() == 2 else None)
+    em.precision = precision
+    try:
+        got = em.norms(PREFIX_ROWS, progress=False)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {head_dtype}
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Precision: resolution and errors (no model)
 # --------------------------------------------------------------------------------------------
@@ -90,12 +112,15 @@ def test_resolve_precision(monkeypatch):
     assert resolve_precision("auto", "cpu", quantization="8bit") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("int8", "cpu") == "int8"
     assert resolve_precision("auto", "cuda:0") == "fp32"  # the GPU runs the model's own dtype
+    assert resolve_precision("bf16_head", "cpu") == "bf16_head"  # opt-in only: auto never picks it
+    assert resolve_precision("bf16_head", "cuda:0") == "fp32"
     monkeypatch.setenv("DEALREC_NATIVE_BF16", "0")
     assert resolve_precision("auto", "cpu") == "fp32"
-    with pytest.warns(UserWarning, match="no native bf16.*using fp32"):
-        assert resolve_precision("bf16", "cpu") == "fp32"
-    with pytest.raises(ModelError, match="no native bf16.*drop --force_precision"):
-        resolve_precision("bf16", "cpu", force=True)
+    for mode in ("bf16", "bf16_head"):
+        with pytest.warns(UserWarning, match="no native bf16.*using fp32"):
+            assert resolve_precision(mode, "cpu") == "fp32"
+        with pytest.raises(ModelError, match="no native bf16.*drop --force_precision"):
+            resolve_precision(mode, "cpu", force=True)
     with pytest.raises(ModelError, match="int8 is a CPU mode.*--quantization 8bit"):
         resolve_precision("int8", "cuda:0")
     with pytest.raises(ModelError, match="int8 needs fp32 base weights, but --quantization 4bit"):

@@ -47,6 +47,7 @@ from ..llm import (
 from ..padding import pad_batch
 from ..prompts import tokenize_prompt
 from .effort_prefix import (
+    BF16_MODES,
     PrefixEffort,
     common_prefix_len,
     lower_layers_in_bf16,
@@ -74,7 +75,7 @@ class EffortConfig:
     seed: int = 42  # LoRA initialisation
     quantization: str | None = None
     chunk_size: int = 512  # users per resumable chunk
-    precision: str = "fp32"  # frozen layers below the target: fp32 | bf16 | int8 | auto (effort_prefix)
+    precision: str = "fp32"  # frozen layers below the target: fp32 | bf16 | bf16_head | int8 | auto (effort_prefix)
     force_precision: bool = False  # bf16 on a CPU without native bf16: error instead of fp32
     prefix_reuse: bool = True  # compute the prompts' common prefix once (exact; effort_prefix)
 
@@ -129,7 +130,7 @@ class EffortModel:
     linear: torch.nn.Linear
     cfg: EffortConfig
     device: torch.device
-    precision: str = "fp32"  # what runs below the target layer (cfg.precision resolved)
+    precision: str = "fp32"  # what runs below the target layer, and bf16_head (cfg.precision resolved)
 
     @property
     def layers(self) -> Any:
@@ -140,7 +141,8 @@ class EffortModel:
         return target_module(self.model, self.cfg)
 
     def precision_context(self) -> Any:
-        if self.precision == "bf16":
+        """Autocast for the frozen layers below the target (bf16 modes); the rest stays fp32."""
+        if self.precision in BF16_MODES:
             return lower_layers_in_bf16(self.layers, self.cfg.layer % len(self.layers), self.device)
         return contextlib.nullcontext()
 
@@ -167,6 +169,13 @@ class EffortModel:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_output_embeddings()
 
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the loss head for final hidden states; ``bf16_head``: its matmul in bf16."""
+        if self.precision == "bf16_head":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self._lm_head()(hidden).float()
+        return self._lm_head()(hidden).float()
+
     def capture(self) -> OutputGrad:
         """The per-sample-gradient hook on the target linear layer (:mod:`.grad_hook`)."""
         return OutputGrad(self.linear)
@@ -175,18 +184,19 @@ class EffortModel:
         """Per-sample ‖∂L(s)/∂φ‖₂ for a padded batch, from one backward pass."""
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # correct under left padding
         with self.capture() as hook:
-            with torch.enable_grad(), self.precision_context():
-                hidden = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    use_cache=False,
-                    output_hidden_states=True,
-                    logits_to_keep=1,
-                ).hidden_states[-1]
+            with torch.enable_grad():
+                with self.precision_context():
+                    hidden = self.model(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        position_ids=position_ids,
+                        use_cache=False,
+                        output_hidden_states=True,
+                        logits_to_keep=1,
+                    ).hidden_states[-1]
                 real = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
                 rows = real.nonzero(as_tuple=True)[0]
-                logits = self._lm_head()(hidden[:, :-1][real]).float()  # real positions only
+                logits = self.head_logits(hidden[:, :-1][real])  # real positions only
                 ce = F.cross_entropy(logits, input_ids[:, 1:][real], reduction="none")
                 n_tok = real.sum(1).clamp(min=1)
                 per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce) / n_tok

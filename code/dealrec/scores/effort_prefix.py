@@ -22,6 +22,8 @@ Precision of the frozen layers below the target (the target layer and the loss h
 ``bf16`` runs them under ``torch.autocast`` (worth it only where the CPU multiplies bf16
 natively: detected at run time), ``int8`` replaces their linear layers by dynamically
 quantised ones (``torch.ao.quantization.quantize_dynamic``, CPU only, LoRA merged first).
+``bf16_head`` is ``bf16`` plus the loss head's matmul in bf16 (logits, softmax and the
+cross-entropy in fp32): opt-in, its agreement with fp32 is in the README.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from ..llm import ModelError, cache_kwarg, output_cache
 from ..padding import pad_batch
 from .grad_hook import frobenius_sq, weight_grads
 
-EFFORT_PRECISIONS = ("fp32", "bf16", "int8", "auto")
+EFFORT_PRECISIONS = ("fp32", "bf16", "bf16_head", "int8", "auto")
+BF16_MODES = ("bf16", "bf16_head")  # bf16 autocast below the target; bf16_head: the loss head's matmul too
 PREFIX_MODULES = ("v_proj", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Agreement of each mode with the fp32 path, measured by bench/bench_effort.py on real Games
@@ -68,6 +71,8 @@ def resolve_precision(requested: str, device: torch.device | str, quantization: 
         return "int8"
     if requested == "auto" and quantization:
         return "fp32"  # a quantized base model keeps its own weights
+    if requested == "bf16_head":  # as bf16 (native bf16 only, else fp32), plus the loss head
+        return "bf16_head" if resolve_precision("bf16", device, quantization, force) == "bf16" else "fp32"
     try:  # fp32 | bf16 | auto (= bf16 where native); on a GPU the model's own dtype
         return cpu_precision(requested, device, "--effort_precision", auto="bf16",
                              force="--force_precision" if force else None)
@@ -188,7 +193,7 @@ class PrefixEffort:
             with torch.enable_grad():
                 out = self._forward(t[:, :c], torch.ones(1, c, dtype=torch.long, device=em.device),
                                     torch.arange(c, device=em.device)[None])
-                logits = em._lm_head()(out.hidden_states[-1][0]).float()
+                logits = em.head_logits(out.hidden_states[-1][0])
                 loss = F.cross_entropy(logits, t[0, 1:], reduction="sum")
                 (g,) = torch.autograd.grad(loss, hook.out)
         x = hook.take()[0][0].float()
@@ -217,7 +222,7 @@ class PrefixEffort:
                 hidden = self._forward(ids, mask, position_ids, cache).hidden_states[-1]
                 real = (smask[:, 1:] > 0) & (smask[:, :-1] > 0)
                 rows = real.nonzero(as_tuple=True)[0]
-                logits = em._lm_head()(hidden[:, :-1][real]).float()
+                logits = em.head_logits(hidden[:, :-1][real])
                 ce = F.cross_entropy(logits, ids[:, 1:][real], reduction="none")
                 sums = torch.zeros(b, device=ce.device).index_add(0, rows, ce)
                 wrt = [hook.out] + ([leaf] if leaf is not None else [])
