@@ -171,10 +171,8 @@ class EffortModel:
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of the loss head for final hidden states; ``bf16_head``: its matmul in bf16."""
-        if self.precision == "bf16_head":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self._lm_head()(hidden).float()
-        return self._lm_head()(hidden).float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16_head"):
+            return self._lm_head()(hidden).float()
 
     def capture(self) -> OutputGrad:
         """The per-sample-gradient hook on the target linear layer (:mod:`.grad_hook`)."""
