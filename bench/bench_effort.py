@@ -6,7 +6,10 @@
 Timing (first ``n`` Games training prompts): ``old`` is today's exact batched path (padded
 length-sorted batches, the whole prompt through every layer, fp32); ``fp32`` the shared-prefix
 path (exact); ``bf16``/``int8`` the shared-prefix path with the frozen layers below the target
-layer in that precision. Prints prompts/s, tokens/s and the ratio to ``old``.
+layer in that precision; ``bf16_head`` also the loss head's products. The new paths compute the
+loss head's gradient without autograd (``dealrec.scores.loss_head``); ``<mode>:autograd`` (e.g.
+``bf16:autograd``) runs a mode with autograd through the head instead. Prints prompts/s, tokens/s
+and the ratio to ``old``.
 
 Agreement (first ``agree_n`` prompts): Spearman and top-10 % overlap of each low-precision mode
 against the exact fp32 path, and the maximum relative difference. ``--save DIR`` keeps every
@@ -31,13 +34,22 @@ from dealrec.hardware import describe
 from dealrec.scores.effort import EffortConfig, EffortModel
 
 REPO = Path(__file__).resolve().parents[1]
+AUTOGRAD_HEAD = ":autograd"
+
+
+def _precision(mode: str) -> str:
+    return "fp32" if mode == "old" else mode.removesuffix(AUTOGRAD_HEAD)
 
 
 def model_for(mode: str, base: EffortConfig) -> EffortModel:
-    cfg = dataclasses.replace(base, prefix_reuse=mode != "old", precision="fp32" if mode == "old" else mode)
+    """``old``: the padded path of before issue 11; a mode ending in ``:autograd`` keeps the loss
+    head's gradient on autograd (as before the fused head), to show what the fused head saves."""
+    cfg = dataclasses.replace(base, prefix_reuse=mode != "old", precision=_precision(mode))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return EffortModel.load(cfg)
+        em = EffortModel.load(cfg)
+    em.fused_head = not (mode == "old" or mode.endswith(AUTOGRAD_HEAD))
+    return em
 
 
 def scores(mode: str, base: EffortConfig, ids: list[list[int]], save: Path | None) -> tuple[torch.Tensor, float]:
@@ -46,7 +58,7 @@ def scores(mode: str, base: EffortConfig, ids: list[list[int]], save: Path | Non
         d = torch.load(f, weights_only=True)
         return d["scores"], float(d["seconds"])
     em = model_for(mode, base)
-    if em.precision != ("fp32" if mode == "old" else mode):
+    if em.precision != _precision(mode):
         raise SystemExit(f"mode {mode}: ran as {em.precision} on this machine")
     t = time.perf_counter()
     out = em.norms(ids, desc=mode)

@@ -15,6 +15,7 @@ from dealrec.fewshot import build_examples
 from dealrec.llm import ModelError
 from dealrec.scores.effort import EffortConfig, EffortModel, target_linear
 from dealrec.scores.effort_prefix import PrefixEffort, common_prefix_len, resolve_precision
+from dealrec.scores.loss_head import head_grad_autograd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,25 +79,28 @@ def test_progress_moves_within_a_chunk():
         assert bar.n == len(rows) and bar.calls == len(rows)
 
 
-@pytest.mark.parametrize("precision,head_dtype", [("fp32", torch.float32), ("bf16", torch.float32),
-                                                  ("bf16_head", torch.bfloat16)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16_head"])
 @pytest.mark.parametrize("prefix_reuse", [True, False], ids=["prefix", "padded"])
-def test_toy_loss_head_precision(precision, head_dtype, prefix_reuse):
-    """The loss head's matmul runs in bf16 only for ``bf16_head``, on both paths (``bf16`` keeps
-    it in fp32 like the target layer), and every mode's scores stay close to fp32."""
+def test_toy_loss_head_precision(precision, prefix_reuse):
+    """The loss head's products run in bf16 only for ``bf16_head`` (``bf16`` keeps the head fp32
+    like the target layer): its gradient equals autograd through the head in fp32, or under bf16
+    autocast for ``bf16_head``; and every mode's scores stay close to fp32, on both paths."""
     em = toy_effort_model("lora_B", "right")
     em.model.float()
     em.cfg.prefix_reuse = prefix_reuse
     ref = em.norms(PREFIX_ROWS, progress=False)
-    seen = []
-    head = em._lm_head()
-    hook = head.register_forward_hook(lambda _m, args, out: seen.append(out.dtype) if args[0].dim() == 2 else None)
     em.precision = precision
-    try:
-        got = em.norms(PREFIX_ROWS, progress=False)
-    finally:
-        hook.remove()
-    assert seen and set(seen) == {head_dtype}
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, em.model.config.hidden_size, generator=g)
+    targets = torch.randint(em.model.config.vocab_size, (9,), generator=g)
+    tw = torch.rand(9, generator=g)
+    _, dh = em.head_grad(hidden, targets, tw)
+    _, dh32 = head_grad_autograd(em._lm_head(), hidden, targets, tw)
+    _, dh16 = head_grad_autograd(em._lm_head(), hidden, targets, tw, bf16=True)
+    assert not torch.allclose(dh16, dh32, rtol=1e-5, atol=0)
+    torch.testing.assert_close(dh, dh16 if precision == "bf16_head" else dh32, rtol=1e-2 if precision == "bf16_head"
+                               else 1e-5, atol=1e-2 * dh32.abs().max().item() if precision == "bf16_head" else 1e-7)
+    got = em.norms(PREFIX_ROWS, progress=False)
     torch.testing.assert_close(got, ref, rtol=0.05, atol=0)
 
 

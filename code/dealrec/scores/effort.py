@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from .effort_prefix import (
     resolve_precision,
 )
 from .grad_hook import OutputGrad, frobenius_sq, weight_grads
+from .loss_head import head_grad, head_grad_autograd
 
 EFFORT_TARGETS = ("lora_B", "base")
 
@@ -131,6 +132,8 @@ class EffortModel:
     cfg: EffortConfig
     device: torch.device
     precision: str = "fp32"  # what runs below the target layer, and bf16_head (cfg.precision resolved)
+    fused_head: bool = True  # the loss head's gradient without autograd (:mod:`.loss_head`)
+    head_bf16: torch.Tensor | None = field(default=None, repr=False)  # bf16_head: the head weight, cast once
 
     @property
     def layers(self) -> Any:
@@ -169,10 +172,21 @@ class EffortModel:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_output_embeddings()
 
-    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of the loss head for final hidden states; ``bf16_head``: its matmul in bf16."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16_head"):
-            return self._lm_head()(hidden).float()
+    def head_grad(self, hidden: torch.Tensor, targets: torch.Tensor,
+                  token_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position cross-entropy and ∂(Σ_t w_t ce_t)/∂hidden of the loss head (fp32;
+        ``bf16_head``: its two products on a bf16 copy of the weight), see :mod:`.loss_head`.
+        A head that is not a plain linear layer (or ``fused_head`` False: the reference, and the
+        benches' old path) goes through autograd instead."""
+        head = self._lm_head()
+        if not (self.fused_head and isinstance(head, torch.nn.Linear)):
+            return head_grad_autograd(head, hidden, targets, token_weight, bf16=self.precision == "bf16_head")
+        w16 = None
+        if self.precision == "bf16_head":
+            if self.head_bf16 is None:
+                self.head_bf16 = head.weight.detach().to(torch.bfloat16)
+            w16 = self.head_bf16
+        return head_grad(hidden, head.weight, targets, token_weight, head.bias, w16)
 
     def capture(self) -> OutputGrad:
         """The per-sample-gradient hook on the target linear layer (:mod:`.grad_hook`)."""
@@ -194,11 +208,11 @@ class EffortModel:
                     ).hidden_states[-1]
                 real = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
                 rows = real.nonzero(as_tuple=True)[0]
-                logits = self.head_logits(hidden[:, :-1][real])  # real positions only
-                ce = F.cross_entropy(logits, input_ids[:, 1:][real], reduction="none")
+                sel = hidden[:, :-1][real]  # real positions only
                 n_tok = real.sum(1).clamp(min=1)
-                per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce) / n_tok
-                (g,) = torch.autograd.grad(per_sample.sum(), hook.out)
+                # L(s) = mean over s's tokens: each position weighs 1 / T_s
+                _, dh = self.head_grad(sel, input_ids[:, 1:][real], 1.0 / n_tok[rows])
+                (g,) = torch.autograd.grad(sel, hook.out, grad_outputs=dh.to(sel.dtype))
         x = hook.take()[0].float()
         mask = attention_mask[..., None].bool()
         g = torch.where(mask, g.float(), 0.0)

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..hardware import PrecisionError, cpu_precision
 from ..llm import ModelError, cache_kwarg, output_cache
@@ -193,9 +192,9 @@ class PrefixEffort:
             with torch.enable_grad():
                 out = self._forward(t[:, :c], torch.ones(1, c, dtype=torch.long, device=em.device),
                                     torch.arange(c, device=em.device)[None])
-                logits = em.head_logits(out.hidden_states[-1][0])
-                loss = F.cross_entropy(logits, t[0, 1:], reduction="sum")
-                (g,) = torch.autograd.grad(loss, hook.out)
+                hidden = out.hidden_states[-1][0]
+                _, dh = em.head_grad(hidden, t[0, 1:], torch.ones(c, device=em.device))  # summed loss
+                (g,) = torch.autograd.grad(hidden, hook.out, grad_outputs=dh.to(hidden.dtype))
         x = hook.take()[0][0].float()
         cache = output_cache(out)
         for layer in cache.layers:
@@ -221,12 +220,10 @@ class PrefixEffort:
             with torch.enable_grad():
                 hidden = self._forward(ids, mask, position_ids, cache).hidden_states[-1]
                 real = (smask[:, 1:] > 0) & (smask[:, :-1] > 0)
-                rows = real.nonzero(as_tuple=True)[0]
-                logits = em.head_logits(hidden[:, :-1][real])
-                ce = F.cross_entropy(logits, ids[:, 1:][real], reduction="none")
-                sums = torch.zeros(b, device=ce.device).index_add(0, rows, ce)
+                sel = hidden[:, :-1][real]
+                _, dh = em.head_grad(sel, ids[:, 1:][real], torch.ones(len(sel), device=em.device))  # summed
                 wrt = [hook.out] + ([leaf] if leaf is not None else [])
-                grads = torch.autograd.grad(sums.sum(), wrt)
+                grads = torch.autograd.grad(sel, wrt, grad_outputs=dh.to(sel.dtype))
         x = hook.take()[0].float()
         keep = smask[..., None].bool()
         g = torch.where(keep, grads[0].float(), 0.0)
