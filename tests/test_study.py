@@ -154,6 +154,9 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
                 rec = read_json(records / signal / f"{name}.json")
                 ranks = read_json(records / signal / f"{name}.hits.json")["hit_ranks"]
                 assert len(ranks) == n and all(-1 <= x < 50 for u in ranks for x in u)
+                if signal == "llm":  # what the LoRA run did beyond its key
+                    assert rec["finetune_ran"]["loss_positions_ran"] == "labelled"
+                    assert rec["finetune_ran"]["global_step"] >= 1
                 for m in ("Recall", "NDCG"):
                     for k in (10, 20):
                         assert np.nanmean(metrics_from_ranks(ranks, k)[m]) == pytest.approx(r[f"{m}@{k}"], abs=1e-12)

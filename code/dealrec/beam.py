@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .kv_buffer import buffer_cache
 from .llm import cache_kwarg, output_cache
 from .padding import pad_batch
 from .scores.effort_prefix import common_prefix_len
@@ -154,6 +155,7 @@ def beam_search(
     device = next(model.parameters()).device
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     logits, cache, mask, next_pos = _prefill(model, seqs, pad_id, prefix)
+    buffer_cache(cache, max_new_tokens)  # decoding writes into the cache in place (:mod:`.kv_buffer`)
     if num_beams == 1:  # transformers then searches greedily, which is not a one-beam beam search
         return _greedy(model, logits, cache, mask, next_pos, max_new_tokens, eos)
     b, k, v = len(seqs), num_beams, logits.shape[-1]

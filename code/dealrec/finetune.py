@@ -56,6 +56,7 @@ from .llm import (
     lora_config,
     model_id,
 )
+from .lm_loss import LOSS_POSITIONS, check_labelled_head, labelled_head
 from .locking import output_lock
 from .prompts import tokenize_prompt
 
@@ -100,6 +101,9 @@ class FinetuneConfig:
     # CPU only: fp32, or bf16 autocast (a CPU with native bf16; LoRA weights and optimiser stay
     # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16) as before.
     precision: str = "fp32"
+    # labelled: the LM head runs only where a label is set (the same loss, less time: dealrec.lm_loss);
+    # all: the model's own forward (every position's logits)
+    loss_positions: str = "labelled"
 
     def validate(self) -> None:
         """Fail before the model is loaded or anything is written, naming the argument."""
@@ -116,6 +120,8 @@ class FinetuneConfig:
             raise ValueError(f"--num_epochs must be > 0, got {self.num_epochs}")
         if not self.learning_rate >= 0:  # 0: a warm-started adapter kept exactly (tests)
             raise ValueError(f"--learning_rate must be ≥ 0, got {self.learning_rate}")
+        if self.loss_positions not in LOSS_POSITIONS:
+            raise ValueError(f"--loss_positions must be one of {', '.join(LOSS_POSITIONS)}, got {self.loss_positions!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         for name in ("sample", "max_steps"):
@@ -138,7 +144,8 @@ class FinetuneConfig:
     def key(self) -> dict[str, Any]:
         """The parameters that determine the adapter (for the manifest and reuse)."""
         d = asdict(self)
-        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
+        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
+                  "loss_positions"):  # loss_positions: the same loss either way (the manifest says which ran)
             d.pop(k)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if cpu_precision(self.precision, device, "--train_precision", auto=TRAIN_AUTO, warn=False) == "fp32":
@@ -346,6 +353,7 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         seed=cfg.seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation needs the loss only (not every position's logits)
         **_sampling_kwargs(cfg.group_by_length),
         **eval_kwargs,
     )
@@ -356,18 +364,27 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         LOG.info("removing %d checkpoint(s) of an interrupted run in %s", len(trainer_checkpoints), out / "checkpoints")
         for c in trainer_checkpoints:
             shutil.rmtree(c, ignore_errors=True)
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=-100
+    )
+    labelled = cfg.loss_positions == "labelled"
+    if labelled:
+        first = collator([train_ds[i] for i in range(min(cfg.micro_batch_size, len(train_ds)))])
+        why = check_labelled_head(model, {k: v.to(device) for k, v in first.items()},
+                                  rtol=1e-4 if model.get_output_embeddings().weight.dtype == torch.float32 else 1e-2)
+        if why is not None:
+            LOG.warning("--loss_positions labelled: not for this model (%s); its own forward computes the loss", why)
+            labelled = False
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=val_ds if has_eval else None,
-        data_collator=DataCollatorForSeq2Seq(
-            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=-100
-        ),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    with Timer() as t:
+    with Timer() as t, labelled_head(model, labelled):
         result = trainer.train()
     model = trainer.model
     model.eval()
@@ -386,6 +403,7 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "seconds": round(t.seconds, 1),
         "precision_ran": "bf16 autocast" if cpu_bf16 else str(dtype).replace("torch.", ""),
+        "loss_positions_ran": "labelled" if labelled else "all",
         "log_history": history,
     }
     if trainer.is_world_process_zero():

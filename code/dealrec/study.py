@@ -53,6 +53,7 @@ from . import faults
 from .config import Alias, FlatView, from_flat, get, override
 from .data import load_dataset
 from .fewshot import build_examples, write_fewshot
+from .finetune import MANIFEST as FINETUNE_MANIFEST
 from .finetune import FinetuneConfig, is_done
 from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
@@ -308,7 +309,14 @@ class StudyConfig(FlatView):
 # ------------------------------------------------------------------------------------------
 
 
-_RECORD_ONLY = ("key", "params", "written", "users_key", "metrics", "timings")
+_RECORD_ONLY = ("key", "params", "written", "users_key", "metrics", "timings", "finetune_ran")
+
+
+def _finetune_ran(adapter: Path) -> dict[str, Any]:
+    """What the LoRA run did beyond its key (an adapter made before an option existed ran its old way)."""
+    m = read_json(adapter / FINETUNE_MANIFEST)
+    return {"precision_ran": m.get("precision_ran"), "loss_positions_ran": m.get("loss_positions_ran", "all"),
+            "global_step": m.get("global_step"), "best_eval_loss": m.get("best_eval_loss")}
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
@@ -572,6 +580,7 @@ class Study:
         record = {"strategy": strategy, "seed": seed, **_at(report, report["ks"]),
                   "exact_title_share": report["exact_title_share"], "n_users": report["n_users"],
                   "n_items_ranked": report["n_items_ranked"], "timings": timings,
+                  "finetune_ran": _finetune_ran(Path(ft.output_dir)),
                   "metrics": {k: report[k] for k in ("ks", "Recall", "NDCG", "Precision", "MRR", "n_empty",
                                                      "catalogue", "precision")}}
         rec = self.records.put("llm", name, params, record, per_user["hit_ranks"], per_user["users"])
