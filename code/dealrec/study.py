@@ -474,7 +474,8 @@ class Study:
         (without paths and throughput-only settings), the test users and the grounding."""
         cfg = self.cfg
         ft = dataclasses.asdict(cfg.finetune)
-        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite"):
+        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
+                  "loss_positions"):  # as FinetuneConfig.key(): loss_positions changes no number (the record says which ran)
             ft.pop(k, None)
         ft["base_model"] = model_id(ft["base_model"])
         ft["seed"] = seed
