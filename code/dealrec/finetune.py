@@ -61,6 +61,10 @@ from .locking import output_lock
 from .prompts import tokenize_prompt
 
 MANIFEST = "finetune_manifest.json"
+# Settings that change no number of the adapter (paths, logging; loss_positions: the same loss
+# either way, the manifest says which ran): left out of its key, and of the study's run keys.
+NOT_IN_KEY = ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
+              "loss_positions")
 TRAIN_AUTO = "bf16"  # --train_precision auto on a CPU: bf16 autocast where native (loss within seed noise: README "Performance")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -144,8 +148,7 @@ class FinetuneConfig:
     def key(self) -> dict[str, Any]:
         """The parameters that determine the adapter (for the manifest and reuse)."""
         d = asdict(self)
-        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
-                  "loss_positions"):  # loss_positions: the same loss either way (the manifest says which ran)
+        for k in NOT_IN_KEY:
             d.pop(k)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if cpu_precision(self.precision, device, "--train_precision", auto=TRAIN_AUTO, warn=False) == "fp32":

@@ -54,6 +54,7 @@ from .config import Alias, FlatView, from_flat, get, override
 from .data import load_dataset
 from .fewshot import build_examples, write_fewshot
 from .finetune import MANIFEST as FINETUNE_MANIFEST
+from .finetune import NOT_IN_KEY as FINETUNE_NOT_IN_KEY
 from .finetune import FinetuneConfig, is_done
 from .finetune import train as finetune
 from .generate import InferenceConfig, run_inference
@@ -474,8 +475,7 @@ class Study:
         (without paths and throughput-only settings), the test users and the grounding."""
         cfg = self.cfg
         ft = dataclasses.asdict(cfg.finetune)
-        for k in ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
-                  "loss_positions"):  # as FinetuneConfig.key(): loss_positions changes no number (the record says which ran)
+        for k in FINETUNE_NOT_IN_KEY:  # as the adapter's own key
             ft.pop(k, None)
         ft["base_model"] = model_id(ft["base_model"])
         ft["seed"] = seed
