@@ -489,10 +489,14 @@ def add_lora(model: Any, config: Any, adapter_dir: str | os.PathLike | None = No
     return get_peft_model(model, config)
 
 
+def causal_lm(model: Any) -> Any:
+    """The transformers ``*ForCausalLM`` inside a peft model (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def cache_kwarg(model: Any) -> str:
     """The KV-cache keyword of the model's forward: ``cache`` in newer transformers, else ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
+    params = inspect.signature(causal_lm(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -22,13 +22,10 @@ from typing import Any
 
 import torch
 
+from .llm import causal_lm
+
 IGNORE = -100
 LOSS_POSITIONS = ("labelled", "all")
-
-
-def causal_lm(model: Any) -> Any:
-    """The transformers ``*ForCausalLM`` inside a peft model (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_labelled_head(model: Any) -> bool:

@@ -40,6 +40,7 @@ from ..llm import (
     LORA_R,
     LORA_TARGET_MODULES,
     add_lora,
+    causal_lm,
     load_base_model,
     load_tokenizer,
     lora_config,
@@ -97,7 +98,7 @@ class EffortConfig:
 
 
 def _decoder_layers(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     inner = getattr(base, "model", base)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -169,8 +170,7 @@ class EffortModel:
         return cls(model, tok, target_linear(model, cfg), cfg, device, precision)
 
     def _lm_head(self) -> torch.nn.Module:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.get_output_embeddings()
+        return causal_lm(self.model).get_output_embeddings()
 
     def head_grad(self, hidden: torch.Tensor, targets: torch.Tensor,
                   token_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
