@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .cpu_kernels import use_sdpa_gqa
 from .io import LOG
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -323,6 +324,7 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not quantization:
         model.to(device)
+    use_sdpa_gqa(device)  # a CPU: shared key/value heads read, not copied (same numbers; cpu_kernels)
     model.eval()
     return model
 
