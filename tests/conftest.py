@@ -5,7 +5,6 @@ Test modules may define fixtures of the same name (e.g. a module-scoped ``games`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,10 +14,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
-
-# What load_base_model sets on a CPU (dealrec.cpu_kernels): every test runs sdpa with shared
-# key/value heads, whichever test loads a model first.
-os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
 # Titles of the synthetic data set (seq id = index + 1): duplicates, Unicode, punctuation,
 # ';', quotes and newlines, as real catalogues have.

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from . import faults
-from .cpu_kernels import frozen_bf16_weights, kernels_ran
 from .dist import dist_info
 from .hardware import cpu_precision
 from .io import (
@@ -388,8 +387,7 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    # under CPU bf16 autocast the frozen weights are cast to bf16 once, not at every micro-batch (same numbers)
-    with Timer() as t, labelled_head(model, labelled), frozen_bf16_weights(model, cpu_bf16) as n_cast:
+    with Timer() as t, labelled_head(model, labelled):
         result = trainer.train()
     model = trainer.model
     model.eval()
@@ -409,7 +407,6 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         "seconds": round(t.seconds, 1),
         "precision_ran": "bf16 autocast" if cpu_bf16 else str(dtype).replace("torch.", ""),
         "loss_positions_ran": "labelled" if labelled else "all",
-        "kernels_ran": kernels_ran(n_cast),
         "log_history": history,
     }
     if trainer.is_world_process_zero():

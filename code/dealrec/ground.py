@@ -36,7 +36,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import faults
-from .cpu_kernels import frozen_bf16_weights
 from .data import DataError, RecData
 from .hardware import cpu_precision, describe
 from .io import (
@@ -130,8 +129,7 @@ def embed_token_seqs(model: Any, seqs: list[list[int]], pad_id: int, batch_size:
         raise ValueError("embed_texts: no texts")
     backbone = getattr(model, "base_model", model)  # the decoder without the LM head
     device = next(model.parameters()).device
-    bf16 = precision == "bf16"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), frozen_bf16_weights(model, bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if layout == "tree":
             out = _embed_tree(model, backbone, pad_id, seqs, device, progress, desc)
             if out is not None:

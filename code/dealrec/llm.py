@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from .cpu_kernels import use_sdpa_gqa
 from .io import LOG
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -324,7 +323,6 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not quantization:
         model.to(device)
-    use_sdpa_gqa(device)  # a CPU: shared key/value heads read, not copied (same numbers; cpu_kernels)
     model.eval()
     return model
 

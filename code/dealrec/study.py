@@ -317,8 +317,7 @@ def _finetune_ran(adapter: Path) -> dict[str, Any]:
     """What the LoRA run did beyond its key (an adapter made before an option existed ran its old way)."""
     m = read_json(adapter / FINETUNE_MANIFEST)
     return {"precision_ran": m.get("precision_ran"), "loss_positions_ran": m.get("loss_positions_ran", "all"),
-            "global_step": m.get("global_step"), "best_eval_loss": m.get("best_eval_loss"),
-            "kernels_ran": m.get("kernels_ran", {"sdpa_shared_kv_heads": False, "frozen_weights_cast_once": False})}
+            "global_step": m.get("global_step"), "best_eval_loss": m.get("best_eval_loss")}
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from ..cpu_kernels import frozen_bf16_weights
 from ..hardware import PrecisionError, cpu_precision
 from ..llm import ModelError, cache_kwarg, output_cache
 from ..padding import pad_batch
@@ -141,9 +140,8 @@ def lower_layers_in_bf16(layers: Any, target_index: int, device: torch.device):
 
     h1 = target.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = target.register_forward_hook(post, with_kwargs=True)
-    try:  # the lower layers' frozen weights cast to bf16 once, not at every batch (same numbers)
-        with torch.autocast(device.type, dtype=torch.bfloat16), frozen_bf16_weights(
-                torch.nn.ModuleList(layers[:target_index]), device.type == "cpu"):
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     finally:
         if "ctx" in state:  # an error inside the target layer
