@@ -11,7 +11,9 @@
   adapter is reused by ``gen``.
 - ``gen``: new tokens/s of transformers' beam search (the reference), the prefill-once path
   (fp32) and its bf16 mode on ``--gen_n`` prompts (4 beams); then how many of ``--agree_n`` answers
-  (the study's decoding: greedy, 24 new tokens) equal the reference's.
+  (the study's decoding: greedy, 24 new tokens) equal the reference's. ``--gen_modes`` may add
+  CTranslate2 (``ct2_float32``, ``ct2_int8``, ``ct2_int16``; ``pip install ctranslate2``), a CPU
+  inference engine measured as a candidate against the same reference.
 - ``titles``: title embeddings per second of the padded fp32 path (the reference) and the tree
   layout (each shared token prefix once) in fp32 and under bf16 autocast; all titles; the
   grounded top-20 lists of ``--agree_n`` greedy answers (the ``gen`` stage's, else made once by the
@@ -23,6 +25,7 @@ Every figure names the CPU; ratios are between runs of this process.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import sys
 import tempfile
@@ -36,7 +39,7 @@ from dealrec import llm
 from dealrec.data import load_dataset
 from dealrec.fewshot import build_examples
 from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import generate
+from dealrec.generate import generate as _generate
 from dealrec.ground import embed_texts, item_embeddings, rank_items
 from dealrec.hardware import describe, native_bf16
 from dealrec.io import setup_logging, write_json
@@ -112,11 +115,54 @@ def _gen_setup(a, data, tok, adapter: Path | None, n: int) -> tuple[object, list
     return model.eval(), build_examples(data, users, "test", tok, a.cutoff_len, progress=False)
 
 
-def bench_gen(a, data, tok, report, adapter: Path | None) -> list[str]:
+class _CT2:
+    """CTranslate2 (an optional CPU inference engine, ``pip install ctranslate2``) on the same model:
+    a LoRA adapter merged, saved, converted once to float32 weights; ``compute_type`` chooses the
+    kernels (``float32``, ``int8``, ``int16``) when a generator is made. A candidate measured
+    against the reference path, not part of the package."""
+
+    def __init__(self, model, tok, tmp: Path):
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+
+        src, self.dir = tmp / "hf_merged", tmp / "ct2"
+        merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged.save_pretrained(src)
+        tok.save_pretrained(src)
+        t = time.perf_counter()
+        TransformersConverter(str(src)).convert(str(self.dir), quantization="float32")
+        print(f"ctranslate2 {ctranslate2.__version__}: converted in {time.perf_counter() - t:.0f} s", flush=True)
+        self.ct2, self.tok, self.gens = ctranslate2, tok, {}
+
+    def __call__(self, ex: list[dict], compute_type: str, num_beams: int, max_new_tokens: int, batch: int,
+                 cutoff_len: int) -> list[str]:
+        from dealrec.generate import _encode
+
+        if compute_type not in self.gens:
+            self.gens[compute_type] = self.ct2.Generator(str(self.dir), device="cpu", compute_type=compute_type,
+                                                         intra_threads=torch.get_num_threads())
+        toks = [self.tok.convert_ids_to_tokens(s) for s in _encode(self.tok, ex, cutoff_len)]
+        res = self.gens[compute_type].generate_batch(
+            toks, max_batch_size=batch, beam_size=num_beams, max_length=max_new_tokens, length_penalty=1.0,
+            include_prompt_in_result=False, end_token=self.tok.eos_token)
+        return [self.tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in res]
+
+
+def bench_gen(a, data, tok, report, adapter: Path | None, tmp: Path) -> list[str]:
     model, ex = _gen_setup(a, data, tok, adapter, max(a.gen_n, a.agree_n))
     paths = [("hf", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if native_bf16() else [])
     if a.gen_modes:
-        paths = [p for p in paths if f"{p[0]}_{p[1]}" in a.gen_modes.split(",")]
+        modes = a.gen_modes.split(",")
+        paths = [p for p in paths if f"{p[0]}_{p[1]}" in modes] + [
+            ("ct2", m.removeprefix("ct2_")) for m in modes if m.startswith("ct2_")]
+    ct2 = _CT2(model, tok, tmp) if any(eng == "ct2" for eng, _ in paths) else None
+
+    def generate(model, tok, exs, num_beams, max_new_tokens, batch_size, progress, engine, precision):
+        if engine == "ct2":
+            return ct2(exs, precision, num_beams, max_new_tokens, batch_size, a.cutoff_len)
+        return _generate(model, tok, exs, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, progress=progress, engine=engine, precision=precision)
+
     out, answers = {}, {}
     for _ in range(a.repeats if a.gen_n else 0):  # the paths interleaved, the fastest of each kept (a shared machine)
         for eng, prec in paths:
@@ -165,8 +211,8 @@ def _greedy_answers(a, data, tok) -> list[str]:
     if a.gen_file and Path(a.gen_file).exists():
         return json.loads(Path(a.gen_file).read_text())
     model, ex = _gen_setup(a, data, tok, Path(a.lora_weights) if a.lora_weights else None, a.agree_n)
-    ans = generate(model, tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
-                   engine="fast", precision="fp32")
+    ans = _generate(model, tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
+                    engine="fast", precision="fp32")
     if a.gen_file:
         write_json(a.gen_file, ans)
     return ans
@@ -246,7 +292,9 @@ def main() -> None:
     p.add_argument("--agree_n", type=int, default=300)
     p.add_argument("--agree_batches", default=None,
                    help="gen: batch sizes of the fast paths in the greedy run, e.g. 8,32,64 (default: --gen_batch)")
-    p.add_argument("--gen_modes", default=None, help="gen: timed paths, e.g. hf_fp32,fast_fp32 (default: all)")
+    p.add_argument("--gen_modes", default=None,
+                   help="gen: timed paths, e.g. hf_fp32,fast_fp32 (default: all but ct2); ct2_float32, ct2_int8, "
+                        "ct2_int16: CTranslate2 (pip install ctranslate2)")
     p.add_argument("--titles_n", type=int, default=2048)
     p.add_argument("--titles_full_reference", action="store_true",
                    help="titles: also time the padded fp32 path on all titles (else its cached embeddings are used)")
@@ -270,7 +318,7 @@ def main() -> None:
         if "lora" in stages:
             adapter = adapter or bench_lora(a, data, tok, report, Path(tmp))
         if "gen" in stages:
-            gens = bench_gen(a, data, tok, report, adapter)
+            gens = bench_gen(a, data, tok, report, adapter, Path(tmp))
         if "titles" in stages:
             if gens is None and a.agree_n:
                 gens = _greedy_answers(a, data, tok)
