@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import random
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from dealrec import llm
 from dealrec.data import load_dataset
 from dealrec.fewshot import build_examples
 from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import generate as _generate
+from dealrec.generate import generate
 from dealrec.ground import embed_texts, item_embeddings, rank_items
 from dealrec.hardware import describe, native_bf16
 from dealrec.io import setup_logging, write_json
@@ -149,26 +150,29 @@ class _CT2:
 
 
 def bench_gen(a, data, tok, report, adapter: Path | None, tmp: Path) -> list[str]:
-    model, ex = _gen_setup(a, data, tok, adapter, max(a.gen_n, a.agree_n))
     paths = [("hf", "fp32"), ("fast", "fp32")] + ([("fast", "bf16")] if native_bf16() else [])
     if a.gen_modes:
         modes = a.gen_modes.split(",")
         paths = [p for p in paths if f"{p[0]}_{p[1]}" in modes] + [
             ("ct2", m.removeprefix("ct2_")) for m in modes if m.startswith("ct2_")]
-    ct2 = _CT2(model, tok, tmp) if any(eng == "ct2" for eng, _ in paths) else None
+    use_ct2 = any(eng == "ct2" for eng, _ in paths)
+    if use_ct2 and importlib.util.find_spec("ctranslate2") is None:
+        sys.exit("--gen_modes ct2_*: the ctranslate2 package is not installed (pip install ctranslate2)")
+    model, ex = _gen_setup(a, data, tok, adapter, max(a.gen_n, a.agree_n))
+    ct2 = _CT2(model, tok, tmp) if use_ct2 else None
 
-    def generate(model, tok, exs, num_beams, max_new_tokens, batch_size, progress, engine, precision):
-        if engine == "ct2":
-            return ct2(exs, precision, num_beams, max_new_tokens, batch_size, a.cutoff_len)
-        return _generate(model, tok, exs, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, progress=progress, engine=engine, precision=precision)
+    def run(eng: str, prec: str, exs: list[dict], num_beams: int, max_new_tokens: int, batch_size: int,
+            progress: bool) -> list[str]:
+        if eng == "ct2":
+            return ct2(exs, prec, num_beams, max_new_tokens, batch_size, a.cutoff_len)
+        return generate(model, tok, exs, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=progress, engine=eng, precision=prec)
 
     out, answers = {}, {}
     for _ in range(a.repeats if a.gen_n else 0):  # the paths interleaved, the fastest of each kept (a shared machine)
         for eng, prec in paths:
             t = time.perf_counter()
-            ans = generate(model, tok, ex[: a.gen_n], num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
-                           batch_size=a.gen_batch, progress=False, engine=eng, precision=prec)
+            ans = run(eng, prec, ex[: a.gen_n], a.num_beams, a.max_new_tokens, a.gen_batch, progress=False)
             sec = time.perf_counter() - t
             answers[(eng, prec)] = ans
             prev = out.get(f"{eng}_{prec}", {}).get("seconds", float("inf"))
@@ -186,8 +190,7 @@ def bench_gen(a, data, tok, report, adapter: Path | None, tmp: Path) -> list[str
                     for bs in ([a.gen_batch] if eng == "hf" else batches)]
     for eng, prec, bs in greedy_paths if a.agree_n else []:
         t = time.perf_counter()
-        ans = generate(model, tok, ex[: a.agree_n], num_beams=1, max_new_tokens=24, batch_size=bs,
-                       progress=True, engine=eng, precision=prec)
+        ans = run(eng, prec, ex[: a.agree_n], 1, 24, bs, progress=True)
         sec = time.perf_counter() - t
         ref = ans if ref is None else ref
         name = f"{eng}_{prec}" + (f"_batch{bs}" if bs != a.gen_batch else "")
@@ -211,8 +214,8 @@ def _greedy_answers(a, data, tok) -> list[str]:
     if a.gen_file and Path(a.gen_file).exists():
         return json.loads(Path(a.gen_file).read_text())
     model, ex = _gen_setup(a, data, tok, Path(a.lora_weights) if a.lora_weights else None, a.agree_n)
-    ans = _generate(model, tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
-                    engine="fast", precision="fp32")
+    ans = generate(model, tok, ex, num_beams=1, max_new_tokens=24, batch_size=a.gen_batch, progress=True,
+                   engine="fast", precision="fp32")
     if a.gen_file:
         write_json(a.gen_file, ans)
     return ans
