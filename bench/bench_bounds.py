@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from dealrec import llm
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.hardware import describe
-from dealrec.prompts import prompt_of, tokenize_prompt
-from dealrec.scores.effort_prefix import common_prefix_len
+from dealrec.core.hardware import describe
+from dealrec.core.token_rows import common_prefix_len
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
+from dealrec.data.prompts import prompt_of, tokenize_prompt
+from dealrec.llm import model as llm
 
 REPO = Path(__file__).resolve().parents[1]
 

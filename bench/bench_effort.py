@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.hardware import describe
+from dealrec.core.hardware import describe
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
 from dealrec.scores.effort import EffortConfig, EffortModel
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from dealrec import llm
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import generate
-from dealrec.ground import embed_texts
-from dealrec.io import setup_logging, write_json
-from dealrec.prompts import clean_title
+from dealrec.core.files import write_json
+from dealrec.core.logs import setup_logging
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
+from dealrec.data.prompts import clean_title
+from dealrec.llm import model as llm
+from dealrec.llm.finetune import FinetuneConfig, train
+from dealrec.llm.generate import generate
+from dealrec.llm.ground import embed_texts
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 
-from dealrec.hardware import describe  # noqa: E402
+from dealrec.core.hardware import describe  # noqa: E402
 from dealrec.scores.grad_hook import frobenius_sq  # noqa: E402
 
 

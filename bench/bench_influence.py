@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dealrec.data import load_dataset
+from dealrec.data.dataset import load_dataset
 from dealrec.scores.influence import InfluenceConfig, InfluenceProblem, influence_scores
 from dealrec.surrogate import SurrogateConfig, build_surrogate
 from dealrec.surrogate.loss import batch_loss

@@ -36,15 +36,16 @@ from pathlib import Path
 
 import torch
 
-from dealrec import llm
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import generate
-from dealrec.ground import embed_texts, item_embeddings, rank_items
-from dealrec.hardware import describe, native_bf16
-from dealrec.io import setup_logging, write_json
-from dealrec.prompts import clean_title
+from dealrec.core.files import write_json
+from dealrec.core.hardware import describe, native_bf16
+from dealrec.core.logs import setup_logging
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
+from dealrec.data.prompts import clean_title
+from dealrec.llm import model as llm
+from dealrec.llm.finetune import FinetuneConfig, train
+from dealrec.llm.generate import generate
+from dealrec.llm.ground import embed_texts, item_embeddings, rank_items
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -137,7 +138,7 @@ class _CT2:
 
     def __call__(self, ex: list[dict], compute_type: str, num_beams: int, max_new_tokens: int, batch: int,
                  cutoff_len: int) -> list[str]:
-        from dealrec.generate import _encode
+        from dealrec.llm.generate import _encode
 
         if compute_type not in self.gens:
             self.gens[compute_type] = self.ct2.Generator(str(self.dir), device="cpu", compute_type=compute_type,

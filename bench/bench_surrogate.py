@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from dealrec.data import load_dataset
-from dealrec.hardware import describe
+from dealrec.core.hardware import describe
+from dealrec.data.dataset import load_dataset
 from dealrec.surrogate import SurrogateConfig, build_surrogate
 from dealrec.surrogate.loss import batch_loss, split_batch_loss
 from dealrec.surrogate.samples import build_samples, sample_negatives, sample_negatives_reference

@@ -8,7 +8,7 @@ DEALRec selects, and does it matter?
         --effort_scores results/surrogates/effort_first1024/effort.pt
 
 1. ``train``: each surrogate on all Games users through the pruning pipeline's own stage
-   (:func:`dealrec.prune.load_or_train_surrogate`, cached under ``<work>/scores``), the same
+   (:func:`dealrec.prune.pipeline.load_or_train_surrogate`, cached under ``<work>/scores``), the same
    budget for all (``--epochs`` 20, evaluation every 5, best validation Recall@5 kept): test
    Recall/NDCG@10/20, seconds per training epoch and per evaluation; a popularity ranking beside.
 2. ``influence``: each surrogate's influence scores on all users (the pipeline's stage, depth
@@ -21,7 +21,7 @@ DEALRec selects, and does it matter?
    influence-only coverage selection (λ 0, ``--n_all`` 1,024) among all users; random
    selections and same-surrogate reruns as references.
 4. ``signal``: a fresh SASRec trained on each selection only, evaluated on all test users — the
-   reproduction study's second signal (:meth:`dealrec.study.Study.sasrec_run`), for each
+   reproduction study's second signal (:meth:`dealrec.study.runner.Study.sasrec_run`), for each
    surrogate's selections, a random selection and (DEALRec) all N candidates.
 5. ``report``: ``<out>/{accuracy,agreement,selections,signal}.json`` and ``<out>/REPORT.md``.
 
@@ -45,11 +45,12 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
-from dealrec.data import load_dataset  # noqa: E402
-from dealrec.hardware import describe  # noqa: E402
-from dealrec.io import LOG, load_tensor, read_json, setup_logging, write_json, write_text  # noqa: E402
+from dealrec.core.files import load_tensor, read_json, write_json, write_text  # noqa: E402
+from dealrec.core.hardware import describe  # noqa: E402
+from dealrec.core.logs import LOG, setup_logging  # noqa: E402
+from dealrec.data.dataset import load_dataset  # noqa: E402
 from dealrec.metrics import DEFAULT_KS, topk_from_scores, topk_metrics  # noqa: E402
-from dealrec.prune import (  # noqa: E402
+from dealrec.prune.pipeline import (  # noqa: E402
     PruneConfig,
     compute_influence,
     eligible_mask,
@@ -58,7 +59,7 @@ from dealrec.prune import (  # noqa: E402
     surrogate_file,
 )
 from dealrec.select import ScoreSet, run_strategy  # noqa: E402
-from dealrec.study import Study, StudyConfig  # noqa: E402
+from dealrec.study.runner import Study, StudyConfig  # noqa: E402
 from dealrec.surrogate import surrogate_spec  # noqa: E402
 from dealrec.surrogate.trainer import eval_sets  # noqa: E402
 

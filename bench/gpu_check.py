@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
-from dealrec import llm  # noqa: E402
-from dealrec.io import read_json, write_json  # noqa: E402
+from dealrec.core.files import read_json, write_json  # noqa: E402
+from dealrec.llm import model as llm  # noqa: E402
 
 PASS, FAIL, SKIP = 0, 1, 5
 CUTOFF = 256
@@ -67,9 +67,9 @@ def prepare(a: argparse.Namespace) -> int:
     """Pick the model (BASE_MODEL, else the embedded one, else a tiny LLaMA built here), the data
     (Games when linked, else synthetic), and write the prompt files."""
     t0 = time.time()
-    from dealrec.data import load_dataset
-    from dealrec.fewshot import build_examples
-    from dealrec.tiny_models import make_llama, training_texts, write_synthetic_dataset
+    from dealrec.data.dataset import load_dataset
+    from dealrec.data.fewshot import build_examples
+    from dealrec.llm.tiny_models import make_llama, training_texts, write_synthetic_dataset
 
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def bf16_lora(a: argparse.Namespace) -> int:
     t0 = time.time()
     from safetensors.torch import load_file
 
-    from dealrec.finetune import FinetuneConfig, train
+    from dealrec.llm.finetune import FinetuneConfig, train
 
     st = state(a.work)
     if not st["cpu"] and not torch.cuda.is_bf16_supported():
@@ -144,7 +144,7 @@ def bf16_lora(a: argparse.Namespace) -> int:
     # reload on the same device and compare logits
     from transformers import DataCollatorForSeq2Seq
 
-    from dealrec.finetune import TokenizedDataset
+    from dealrec.llm.finetune import TokenizedDataset
 
     tok = llm.load_tokenizer(st["base_model"], padding_side="right")
     batch = DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt")(list(TokenizedDataset(rows[:4], tok, CUTOFF, True)))

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.io import write_json, write_text
+from dealrec.core.files import write_json, write_text
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
 from dealrec.scores.effort import EffortConfig, EffortModel
 from dealrec.scores.influence import InfluenceConfig, influence_scores
 from dealrec.select import ScoreSet, run_strategy

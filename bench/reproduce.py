@@ -4,7 +4,7 @@
     python bench/reproduce.py --preset gpu --gpu_id 0 # the paper's scale (n = 1024, all test users)
     python bench/reproduce.py --preset full --gpu_id 0 # issue 15: n = 1024 of all users, paired statistics
 
-Writes ``results/<data>_<n>/REPORT.md`` and ``report.png`` (see :mod:`dealrec.study`). Each
+Writes ``results/<data>_<n>/REPORT.md`` and ``report.png`` (see :mod:`dealrec.study.runner`). Each
 finished run's small files (selection, metrics, per-user hit ranks) land in the record folder
 (``--record_dir``; default ``docs/study/<preset>`` of this repository for a named preset, else
 ``<out_dir>/records``): a run recorded there is never recomputed, so a later call, even on a
@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None):
     """(StudyConfig, namespace of --only/--log_file): the defaults, the preset, then the options —
-    every setting of :class:`dealrec.study.StudyConfig` by its flat name (``--n``, ``--lamda``,
+    every setting of :class:`dealrec.study.runner.StudyConfig` by its flat name (``--n``, ``--lamda``,
     ``--learning_rate`` …) or dotted name (``--finetune.lora_r``); lists comma-separated."""
     from dealrec.config import Alias, build_parser, namespace_values, override
-    from dealrec.io import resolve_device
-    from dealrec.study import ONLY, PER_RUN, PRESETS, STUDY_ALIASES, StudyConfig
+    from dealrec.core.hardware import resolve_device
+    from dealrec.study.runner import ONLY, PER_RUN, PRESETS, STUDY_ALIASES, StudyConfig
 
     aliases = {**STUDY_ALIASES, "gpu_id": Alias(("prune.device",), type=lambda s: str(resolve_device(s)),
                                                 note="GPU index or 'cpu' (default: cpu)")}
@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealrec.io import discard_log, setup_logging
-    from dealrec.study import run_study
+    from dealrec.core.logs import discard_log, setup_logging
+    from dealrec.study.runner import run_study
 
     cfg, args = parse_args(argv)
     try:

@@ -65,12 +65,12 @@ def make_world(w: Path, n_users: int = 40) -> Path:
     import json
     import shutil
 
-    from dealrec.data import load_dataset
-    from dealrec.fewshot import write_fewshot
-    from dealrec.io import save_tensor, write_json
-    from dealrec.llm import load_tokenizer
+    from dealrec.core.files import save_tensor, write_json
+    from dealrec.data.dataset import load_dataset
+    from dealrec.data.fewshot import write_fewshot
+    from dealrec.llm.model import load_tokenizer
+    from dealrec.llm.tiny_models import write_synthetic_dataset
     from dealrec.surrogate import SurrogateConfig, build_surrogate
-    from dealrec.tiny_models import write_synthetic_dataset
 
     write_synthetic_dataset(w / "data", "games", n_users=n_users, seed=3)
     data = load_dataset(w / "data", "games")
@@ -92,7 +92,7 @@ def make_world(w: Path, n_users: int = 40) -> Path:
 _ZYGOTE = r"""
 import json, logging, os, runpy, sys, traceback
 import torch, transformers  # noqa: F401 - what every script imports
-import dealrec.fewshot, dealrec.finetune, dealrec.generate, dealrec.ground, dealrec.prune, dealrec.study  # noqa
+import dealrec.data.fewshot, dealrec.llm.finetune, dealrec.llm.generate, dealrec.llm.ground, dealrec.prune.pipeline, dealrec.study.runner  # noqa
 print("ready", flush=True)
 for line in sys.stdin:
     req = json.loads(line)

@@ -41,7 +41,7 @@ def _write_seq(path: Path, seqs: list[list[int]]) -> None:
 @pytest.fixture(scope="session")
 def games():
     """The authors' Games data set (data/games), loaded once with the dict cross-check."""
-    from dealrec.data import load_dataset
+    from dealrec.data.dataset import load_dataset
 
     if not (DATA_DIR / "games").is_dir():
         pytest.skip(
@@ -113,7 +113,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tok():
     """The embedded model's tokenizer (loaded once)."""
-    from dealrec import llm
+    from dealrec.llm import model as llm
 
     return llm.load_tokenizer(None)
 
@@ -121,7 +121,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model():
     """The embedded base model (fresh per test module: some tests wrap it with LoRA)."""
-    from dealrec import llm
+    from dealrec.llm import model as llm
 
     return llm.load_base_model(None)
 
@@ -132,11 +132,11 @@ def model():
 @pytest.fixture(scope="session")
 def byo_data(tmp_path_factory):
     """Games when linked, else a synthetic data set in the authors' format (same phrases)."""
-    from dealrec.data import load_dataset
+    from dealrec.data.dataset import load_dataset
 
     if (DATA_DIR / "games").is_dir():
         return load_dataset(DATA_DIR, "games", check_dicts=False)
-    from dealrec.tiny_models import write_synthetic_dataset
+    from dealrec.llm.tiny_models import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("byo_data")
     write_synthetic_dataset(root, "games", n_users=60)
@@ -149,7 +149,7 @@ def byo_models(tmp_path_factory):
     LLaMA-7B folders of 2023), ``llama-json`` (the same model and tokenizer as tokenizer.json) and
     ``qwen2`` (Qwen2ForCausalLM, byte-level BPE, q/k/v biases, tied embeddings, pad = eos).
     Tokenizers trained here on the Games titles (or a built-in list): nothing is downloaded."""
-    from dealrec.tiny_models import make_llama, make_qwen2, train_sentencepiece, training_texts
+    from dealrec.llm.tiny_models import make_llama, make_qwen2, train_sentencepiece, training_texts
 
     root = tmp_path_factory.mktemp("byo_models")
     texts = training_texts(DATA_DIR)

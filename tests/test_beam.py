@@ -1,12 +1,12 @@
-"""The prefill-once beam search (dealrec.beam) against transformers' generate, token for token."""
+"""The prefill-once beam search (dealrec.llm.beam) against transformers' generate, token for token."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dealrec.beam import beam_search, shared_prefix, unsupported_settings
-from dealrec.padding import pad_batch
+from dealrec.core.token_rows import pad_batch
+from dealrec.llm.beam import beam_search, shared_prefix, unsupported_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +91,7 @@ def test_settings_that_need_logits_processors_are_named():
 
 
 def test_cpu_precision_falls_back_to_fp32_without_native_bf16(monkeypatch):
-    from dealrec.hardware import cpu_precision
+    from dealrec.core.hardware import cpu_precision
 
     monkeypatch.setenv("DEALREC_NATIVE_BF16", "1")
     assert cpu_precision("bf16", "cpu", "--gen_precision") == "bf16"
@@ -108,7 +108,7 @@ def test_cpu_precision_falls_back_to_fp32_without_native_bf16(monkeypatch):
 
 def test_bf16_fast_path_mostly_agrees(tiny, monkeypatch):
     """bf16 is not exact, but on a model this small most answers stay the same."""
-    from dealrec.generate import bf16_copy
+    from dealrec.llm.generate import bf16_copy
 
     seqs = _prompts(12, seed=3)
     ref = beam_search(tiny, seqs, 2, 6, [EOS], PAD)

@@ -21,14 +21,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dealrec import llm
-from dealrec.fewshot import build_examples
-from dealrec.finetune import FinetuneConfig, train
-from dealrec.generate import InferenceConfig, generate, run_inference
-from dealrec.ground import embed_texts, evaluate_results
-from dealrec.io import logging_restored, read_json, save_tensor
-from dealrec.llm import ModelError
-from dealrec.prompts import prompt_of, tokenize_prompt
+from dealrec.core.files import read_json, save_tensor
+from dealrec.core.logs import logging_restored
+from dealrec.data.fewshot import build_examples
+from dealrec.data.prompts import prompt_of, tokenize_prompt
+from dealrec.llm import model as llm
+from dealrec.llm.finetune import FinetuneConfig, train
+from dealrec.llm.generate import InferenceConfig, generate, run_inference
+from dealrec.llm.ground import embed_texts, evaluate_results
+from dealrec.llm.model import ModelError
 from dealrec.scores.effort import EffortConfig, EffortModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def test_early_llama_folder_is_repaired(byo_models, tmp_path, caplog):
 
 def test_tokenizer_that_appends_eos(byo_models, tmp_path):
     """``add_eos_token: true`` (some Llama-2 set-ups): one EOS in training, none at inference."""
-    from dealrec.generate import _encode
+    from dealrec.llm.generate import _encode
 
     path = shutil.copytree(byo_models["llama-sp"], tmp_path / "eos")
     cfg = json.loads((path / "tokenizer_config.json").read_text())

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dealrec import prune as prune_lib
 from dealrec.config import Alias, from_flat, get, override, settings
-from dealrec.dist import dist_info
-from dealrec.finetune import FinetuneConfig
-from dealrec.io import cache_key
-from dealrec.padding import pad_batch
-from dealrec.prune import PRUNE_ALIASES, PruneConfig
+from dealrec.core.cache import cache_key
+from dealrec.core.dist import dist_info
+from dealrec.core.token_rows import pad_batch
+from dealrec.llm.finetune import FinetuneConfig
+from dealrec.prune import pipeline as prune_lib
+from dealrec.prune.pipeline import PRUNE_ALIASES, PruneConfig
 from dealrec.select import STRATEGIES, strategy_spec
-from dealrec.study import StudyConfig
+from dealrec.study.runner import StudyConfig
 from dealrec.surrogate import SurrogateConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ PINNED_EFFORT = "1e51237abe683fa9"
 @needs_games
 @pytest.mark.parametrize("surrogate", sorted(PINNED))
 def test_default_command_keeps_its_cache_keys(prune_cli, monkeypatch, surrogate):
-    from dealrec.data import load_dataset
+    from dealrec.data.dataset import load_dataset
 
     monkeypatch.setenv("DEALREC_NATIVE_BF16", "1")  # the machine of the committed chunks: auto = bf16
     cfg, _, ignored = prune_cli.parse_args(_prune_sh_argv(surrogate))
@@ -323,7 +323,7 @@ def test_dist_info(monkeypatch):
 def test_study_sections_are_the_old_flat_construction(tmp_path):
     """StudyConfig's sections give the stage configurations the flat StudyConfig built by hand
     (so the study's caches keep their keys)."""
-    from dealrec.generate import InferenceConfig
+    from dealrec.llm.generate import InferenceConfig
     from dealrec.scores.effort import EffortConfig
 
     cfg = StudyConfig.flat(out_dir=str(tmp_path))
@@ -384,7 +384,7 @@ def test_given_score_file_is_refused_for_a_strategy_that_rescored(tmp_path):
     import pytest
     import torch
 
-    from dealrec.prune_config import PruneConfig
+    from dealrec.prune.config import PruneConfig
 
     f = tmp_path / "effort.pt"
     torch.save(torch.zeros(3), f)

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dealrec.data import DataError, load_dataset, load_pickled_npy
+from dealrec.data.dataset import DataError, load_dataset, load_pickled_npy
 
 # -- real Games ---------------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dealrec.fewshot import build_examples
-from dealrec.io import read_json
-from dealrec.llm import ModelError, add_lora, lora_config
+from dealrec.core.files import read_json
+from dealrec.data.fewshot import build_examples
+from dealrec.llm.model import ModelError, add_lora, lora_config
 from dealrec.scores.effort import EffortConfig, EffortModel, chunk_timing, effort_scores, target_linear
 
 CUTOFF = 128
@@ -149,7 +149,7 @@ def test_unknown_module_is_named():
 
 @pytest.fixture(scope="module")
 def examples(games):
-    from dealrec import llm
+    from dealrec.llm import model as llm
 
     return build_examples(games, range(6), "train", llm.load_tokenizer(None), CUTOFF, progress=False)
 

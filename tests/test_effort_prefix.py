@@ -11,10 +11,11 @@ import torch
 from scipy.stats import spearmanr
 from test_effort import CUTOFF, materialised_norms, toy_effort_model
 
-from dealrec.fewshot import build_examples
-from dealrec.llm import ModelError
+from dealrec.core.token_rows import common_prefix_len
+from dealrec.data.fewshot import build_examples
+from dealrec.llm.model import ModelError
 from dealrec.scores.effort import EffortConfig, EffortModel, target_linear
-from dealrec.scores.effort_prefix import PrefixEffort, common_prefix_len, resolve_precision
+from dealrec.scores.effort_prefix import PrefixEffort, resolve_precision
 from dealrec.scores.loss_head import head_grad_autograd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,7 +151,7 @@ def test_precision_errors_come_before_loading(monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_rows(games):
-    from dealrec import llm
+    from dealrec.llm import model as llm
 
     tok = llm.load_tokenizer(None)
     ex = build_examples(games, range(40), "train", tok, CUTOFF, progress=False)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dealrec import llm
-from dealrec.data import DataError, load_dataset
-from dealrec.fewshot import fewshot_paths, load_selection, write_fewshot
-from dealrec.io import read_json, save_tensor, write_json
-from dealrec.prompts import clean_title, prompt_of, tokenize_prompt
+from dealrec.core.files import read_json, save_tensor, write_json
+from dealrec.data.dataset import DataError, load_dataset
+from dealrec.data.fewshot import fewshot_paths, load_selection, write_fewshot
+from dealrec.data.prompts import clean_title, prompt_of, tokenize_prompt
+from dealrec.llm import model as llm
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -40,7 +40,7 @@ def ends_with_newest(tok, example: dict, title: str) -> bool:
 
 
 def raw_lines(name: str) -> list[list[int]]:
-    """``sequential_<name>.txt`` parsed independently of dealrec.data: 0-based item ids per user."""
+    """``sequential_<name>.txt`` parsed independently of dealrec.data.dataset: 0-based item ids per user."""
     with open(DATA_DIR / "games" / f"sequential_{name}.txt") as f:
         return [[int(x) - 1 for x in line.split()[1:]] for line in f]
 

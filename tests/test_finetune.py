@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dealrec import llm
-from dealrec.data import load_dataset
-from dealrec.fewshot import build_examples
-from dealrec.finetune import MANIFEST, FinetuneConfig, TokenizedDataset, is_done, train
-from dealrec.io import read_json, write_json
+from dealrec.core.files import read_json, write_json
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples
+from dealrec.llm import model as llm
+from dealrec.llm.finetune import MANIFEST, FinetuneConfig, TokenizedDataset, is_done, train
 
 REPO = Path(__file__).resolve().parents[1]
 CUTOFF = 96

@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dealrec import llm
-from dealrec.data import load_dataset
-from dealrec.fewshot import write_fewshot
-from dealrec.generate import InferenceConfig, generate, run_inference
-from dealrec.io import cache_key, read_json, write_json
+from dealrec.core.cache import cache_key
+from dealrec.core.files import read_json, write_json
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import write_fewshot
+from dealrec.llm import model as llm
+from dealrec.llm.generate import InferenceConfig, generate, run_inference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,7 @@ def test_fast_path_answers_equal_transformers_with_an_adapter(tok, test_file, nu
 
 
 def test_engine_and_precision_choices(model, caplog):
-    from dealrec.generate import resolve_engine
+    from dealrec.llm.generate import resolve_engine
 
     assert resolve_engine("auto", model) == "fast" and resolve_engine("hf", model) == "hf"
     model.generation_config.repetition_penalty = 1.2

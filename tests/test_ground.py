@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec import ground, llm
-from dealrec.data import DataError, RecData
-from dealrec.ground import embed_texts, evaluate_results, hits_path, item_embeddings, metrics_path, rank_items
-from dealrec.io import read_json, write_json
+from dealrec.core.files import read_json, write_json
+from dealrec.data.dataset import DataError, RecData
+from dealrec.llm import ground
+from dealrec.llm import model as llm
+from dealrec.llm.ground import (
+    embed_texts,
+    evaluate_results,
+    hits_path,
+    item_embeddings,
+    metrics_path,
+    rank_items,
+)
 from dealrec.metrics import topk_metrics
-from dealrec.paired import metrics_from_ranks
+from dealrec.study.paired import metrics_from_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 

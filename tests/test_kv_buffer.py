@@ -1,4 +1,4 @@
-"""The in-place KV cache layer (:mod:`dealrec.kv_buffer`) against transformers' ``DynamicLayer``
+"""The in-place KV cache layer (:mod:`dealrec.llm.kv_buffer`) against transformers' ``DynamicLayer``
 under every operation the decoding loops use, including running out of room."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from dealrec.kv_buffer import BufferedLayer, buffer_cache
+from dealrec.llm.kv_buffer import BufferedLayer, buffer_cache
 
 
 def _kv(b: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

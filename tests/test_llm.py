@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from dealrec import llm
-from dealrec.llm import ModelError, check_adapter, lora_config
+from dealrec.llm import model as llm
+from dealrec.llm.model import ModelError, check_adapter, lora_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The causal-LM loss with the LM head on labelled positions only (:mod:`dealrec.lm_loss`): the same
+"""The causal-LM loss with the LM head on labelled positions only (:mod:`dealrec.llm.lm_loss`): the same
 loss and gradient as the model's own forward, the same adapter from ``train``, and models whose
 loss it would change are refused."""
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dealrec import llm
-from dealrec.finetune import FinetuneConfig, train
-from dealrec.io import write_json
-from dealrec.lm_loss import check_labelled_head, labelled_head, supports_labelled_head
-from dealrec.tiny_models import make_llama
+from dealrec.core.files import write_json
+from dealrec.llm import model as llm
+from dealrec.llm.finetune import FinetuneConfig, train
+from dealrec.llm.lm_loss import check_labelled_head, labelled_head, supports_labelled_head
+from dealrec.llm.tiny_models import make_llama
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,8 +91,8 @@ def test_models_whose_loss_it_would_change_are_refused():
 @pytest.mark.skipif(not (REPO / "data" / "games").is_dir(), reason="data/games not linked")
 def test_train_gives_the_same_adapter_either_way(tmp_path):
     """Two accumulated micro-batches a step (num_items_in_batch), LoRA dropout, evaluation."""
-    from dealrec.data import load_dataset
-    from dealrec.fewshot import build_examples
+    from dealrec.data.dataset import load_dataset
+    from dealrec.data.fewshot import build_examples
 
     folder = make_llama(tmp_path / "llama")
     tok = llm.load_tokenizer(folder)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dealrec.metrics import hit_ranks, topk_metrics
-from dealrec.paired import (
+from dealrec.study.paired import (
     bootstrap_mean,
     metrics_from_ranks,
     paired_difference,

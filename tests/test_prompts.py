@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dealrec import prompts
-from dealrec.prompts import (
+from dealrec.data import prompts
+from dealrec.data.prompts import (
     DATASET_PHRASES,
     build_example,
     clean_title,

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dealrec import prune as prune_lib
-from dealrec.data import DataError
-from dealrec.io import load_tensor, logging_restored, read_json, save_tensor
-from dealrec.llm import ModelError
-from dealrec.prune import PruneConfig
+from dealrec.core.files import load_tensor, read_json, save_tensor
+from dealrec.core.logs import logging_restored
+from dealrec.data.dataset import DataError
+from dealrec.llm.model import ModelError
+from dealrec.prune import pipeline as prune_lib
+from dealrec.prune.pipeline import PruneConfig
 from dealrec.surrogate import SurrogateConfig, build_surrogate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def run_main(cli, argv: list[str]) -> tuple[int, str]:
 
 
 def forbid(monkeypatch, *names: str) -> None:
-    """Make ``dealrec.prune.<name>`` fail the test if it is called."""
+    """Make ``dealrec.prune.pipeline.<name>`` fail the test if it is called."""
     for name in names:
         def fail(*a, _name=name, **k):
             raise AssertionError(f"{_name} must not be called here")
@@ -134,7 +135,7 @@ def test_unknown_data_set_folder(cli, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_games():
-    from dealrec.data import load_dataset
+    from dealrec.data.dataset import load_dataset
 
     if not HAS_GAMES:
         pytest.skip("data/games not linked")
@@ -377,7 +378,7 @@ def test_end_to_end_with_another_surrogate(pipeline, name):
 def test_sasrec_cache_keys_are_the_original(pipeline):
     """The SASRec run's manifests hold exactly the keys the pipeline wrote before other surrogates
     existed (so existing caches stay valid)."""
-    from dealrec.io import cache_key, file_hash
+    from dealrec.core.cache import cache_key, file_hash
 
     tmp, _, _ = pipeline
     data_key = {"data_name": "games", "train_file": file_hash(REPO / "data" / "games" / "sequential_train.txt"),

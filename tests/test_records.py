@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dealrec.io import read_json
-from dealrec.records import Records, users_key, write_record_json
+from dealrec.core.files import read_json
+from dealrec.study.records import Records, users_key, write_record_json
 
 
 def test_a_record_is_found_only_with_its_key_and_its_per_user_file(tmp_path):

@@ -51,14 +51,14 @@ def kill_point(stage: str, low: int, high: int) -> str:
 
 @pytest.fixture(scope="module")
 def base_model():
-    from dealrec.llm import embedded_model_dir
+    from dealrec.llm.model import embedded_model_dir
 
     return str(embedded_model_dir())
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from dealrec.tiny_models import write_synthetic_dataset
+    from dealrec.llm.tiny_models import write_synthetic_dataset
 
     d = tmp_path_factory.mktemp("fault_data")
     write_synthetic_dataset(d, "games", n_users=N_USERS, seed=5)
@@ -81,7 +81,7 @@ def no_temporaries(folder: Path) -> None:
 
 
 def load(path: Path):
-    from dealrec.io import load_tensor
+    from dealrec.core.files import load_tensor
 
     return load_tensor(path)
 
@@ -146,7 +146,7 @@ def test_prune_killed_in_each_stage(data_dir, base_model, tmp_path, run):
 @pytest.fixture(scope="module")
 def fewshot(data_dir, base_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("fewshot")
-    from dealrec.io import save_tensor
+    from dealrec.core.files import save_tensor
 
     save_tensor(d / "sel.pt", [0, 2, 4, 6, 8, 10, 12, 14])
     ok(spawn("gen_fewshot.py", ["--data_dir", str(data_dir), "--data_name", "games", "--n_sample", "8",

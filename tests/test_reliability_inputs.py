@@ -51,7 +51,7 @@ def data_case(fn: Callable[[Path], None]) -> Callable[[Path, Path], None]:
 
 
 def titles(root: Path, mutate: Callable[[dict], None]) -> None:
-    from dealrec.data import load_pickled_npy
+    from dealrec.data.dataset import load_pickled_npy
 
     maps = load_pickled_npy(root / "title_maps.npy")
     mutate(maps["seqid2title"])

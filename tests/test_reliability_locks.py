@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from _reliability import EXPENSIVE, PY, base_env, error_lines, leftovers, make_world, run
 
-from dealrec.io import LOG
-from dealrec.locking import LockError, lock_path, output_lock
+from dealrec.core.locking import LockError, lock_path, output_lock
+from dealrec.core.logs import LOG
 
 
 class Records(logging.Handler):
@@ -30,7 +30,7 @@ class Records(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 
-HOLD = ("import sys\nfrom dealrec.locking import output_lock\n"
+HOLD = ("import sys\nfrom dealrec.core.locking import output_lock\n"
         "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
 
 

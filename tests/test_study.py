@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dealrec.io import logging_restored, read_json
-from dealrec.paired import metrics_from_ranks
-from dealrec.study import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
-from dealrec.study_report import REFERENCE, paired_results, paired_table
+from dealrec.core.files import read_json
+from dealrec.core.logs import logging_restored
+from dealrec.study.paired import metrics_from_ranks
+from dealrec.study.report import REFERENCE, paired_results, paired_table
+from dealrec.study.runner import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 

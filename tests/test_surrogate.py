@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec.data import RecData
+from dealrec.data.dataset import RecData
 from dealrec.metrics import topk_from_scores, topk_metrics
-from dealrec.paired import metrics_from_ranks
+from dealrec.study.paired import metrics_from_ranks
 from dealrec.surrogate import SURROGATES, build_surrogate, register_surrogate
 from dealrec.surrogate import trainer as trainer_mod
 from dealrec.surrogate.loss import batch_loss, per_sample_loss, sample_loss_terms

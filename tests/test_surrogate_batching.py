@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from dealrec.data import RecData
+from dealrec.data.dataset import RecData
 from dealrec.surrogate import build_surrogate
 from dealrec.surrogate.loss import batch_loss, split_batch_loss
 from dealrec.surrogate.samples import (

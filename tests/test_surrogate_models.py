@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dealrec.data import RecData
+from dealrec.data.dataset import RecData
 from dealrec.scores.influence import InfluenceConfig, InfluenceProblem, influence_scores
 from dealrec.surrogate import (
     NEXT_ITEM,
@@ -528,8 +528,8 @@ def test_training_on_games_learns(trained_on_games, name):
 def test_checkpoint_loads_back(trained_on_games, tmp_path, name):
     """A trained model's state_dict, saved and loaded (weights_only) into a fresh build, predicts the
     same; another surrogate's checkpoint is refused by the prune pipeline, naming the surrogate."""
-    from dealrec.io import save_tensor
-    from dealrec.prune import PruneConfig, load_or_train_surrogate
+    from dealrec.core.files import save_tensor
+    from dealrec.prune.pipeline import PruneConfig, load_or_train_surrogate
 
     data, runs = trained_on_games
     cfg, model, res = runs[name]

@@ -1,4 +1,4 @@
-"""Tree layout of the embeddings (dealrec.tree_pack): every shared prefix once, equal to the
+"""Tree layout of the embeddings (dealrec.llm.title_trie): every shared prefix once, equal to the
 padded batches and to each text run alone."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dealrec import ground, tree_pack
-from dealrec.ground import embed_token_seqs
-from dealrec.tree_pack import build_trie, layout_rows, row_mask
+from dealrec.llm import ground
+from dealrec.llm import title_trie as tree_pack
+from dealrec.llm.ground import embed_token_seqs
+from dealrec.llm.title_trie import build_trie, layout_rows, row_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,8 +104,8 @@ def test_other_attention_falls_back_to_padded(monkeypatch):
 
 
 def test_bf16_autocast_is_close_and_cached_apart(tmp_path, monkeypatch):
-    from dealrec import llm
-    from dealrec.data import RecData
+    from dealrec.data.dataset import RecData
+    from dealrec.llm import model as llm
 
     model = tiny_llama("sdpa")
     seqs = random_seqs(12, seed=3)

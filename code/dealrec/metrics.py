@@ -34,7 +34,7 @@ def hit_matrix(ranked: np.ndarray, targets: Sequence[Sequence[int]]) -> np.ndarr
 def hit_ranks(ranked: np.ndarray | torch.Tensor, targets: Sequence[Sequence[int]]) -> list[list[int]]:
     """Per user, the 0-based rank of each of its targets (distinct, ascending ids) in its ranked
     list, or -1 when the target is not in it: the compact per-user record from which
-    :func:`dealrec.paired.metrics_from_ranks` recomputes Recall/NDCG@K for every K up to the
+    :func:`dealrec.study.paired.metrics_from_ranks` recomputes Recall/NDCG@K for every K up to the
     list's length (``ranked`` holds distinct items per row, as every ranking here does)."""
     if isinstance(ranked, torch.Tensor):
         ranked = ranked.cpu().numpy()

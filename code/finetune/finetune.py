@@ -6,7 +6,7 @@
 
 Works as a single process (CPU or one GPU) and under ``accelerate launch`` / ``torchrun``
 (the accumulation is batch_size / (micro_batch_size x processes)). The options are built from
-:class:`dealrec.finetune.FinetuneConfig` (its defaults: the original recipe); every flag of the
+:class:`dealrec.llm.finetune.FinetuneConfig` (its defaults: the original recipe); every flag of the
 original ``finetune.py`` is accepted under its name.
 """
 
@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from dealrec.config import Alias, build_parser, parse
-from dealrec.dist import dist_info
-from dealrec.finetune import FinetuneConfig, train
-from dealrec.io import discard_log, setup_logging
-from dealrec.llm import ModelError
+from dealrec.core.dist import dist_info
+from dealrec.core.logs import discard_log, setup_logging
+from dealrec.llm.finetune import FinetuneConfig, train
+from dealrec.llm.model import ModelError
 from dealrec.presets import finetune_preset
 
 

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 4 inference.py ...   # shards the test users over 4 processes
 
 Interrupted runs resume: answers are saved per batch beside the result file. The options are
-built from :class:`dealrec.generate.InferenceConfig`.
+built from :class:`dealrec.llm.generate.InferenceConfig`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from dealrec.config import Alias, build_parser, parse
-from dealrec.dist import dist_info
-from dealrec.generate import InferenceConfig, run_inference
-from dealrec.io import discard_log, setup_logging
-from dealrec.llm import ModelError
+from dealrec.core.dist import dist_info
+from dealrec.core.logs import discard_log, setup_logging
+from dealrec.llm.generate import InferenceConfig, run_inference
+from dealrec.llm.model import ModelError
 from dealrec.presets import finetune_preset
 
 ALIASES: dict[str, Alias] = {

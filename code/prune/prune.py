@@ -7,7 +7,7 @@ Every option of the original ``utils.py`` is accepted under its name (``--hidden
 ``--epochs``, ``--lr``, ``--lora_r`` …); every setting also has a dotted name
 (``--surrogate.train.hidden_size``, ``--effort.lora_r``, ``--select.lamda``). ``--stage`` runs
 one stage (each stage computes what it needs that is not cached in ``--score_dir``). The
-options are built from :class:`dealrec.prune.PruneConfig` (see the README).
+options are built from :class:`dealrec.prune.pipeline.PruneConfig` (see the README).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from dealrec.config import Alias, build_parser, parse
-from dealrec.io import resolve_device, setup_logging
+from dealrec.core.hardware import resolve_device
+from dealrec.core.logs import setup_logging
 from dealrec.presets import PRUNE_PRESETS
-from dealrec.prune import PRUNE_ALIASES, PruneConfig, run
+from dealrec.prune.pipeline import PRUNE_ALIASES, PruneConfig, run
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -60,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("--%s %s has no effect: %s", flag, value, ALIASES[flag].note)
     try:
         if args.write_prompts:
-            from dealrec.prune import write_prompt_set
+            from dealrec.prune.pipeline import write_prompt_set
 
             write_prompt_set(cfg, args.write_prompts)
         manifest = run(cfg)
         if manifest and args.out:
-            from dealrec.io import save_tensor, write_json
+            from dealrec.core.files import save_tensor, write_json
 
             save_tensor(args.out, manifest["indices"])
             write_json(f"{args.out}.json", manifest)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..surrogate.objective import objective_of, trim_exact
-from ..surrogate.samples import SampleTensors, trim_left
-from .grad_hook import OutputGrad, weight_grads
+from dealrec.scores.grad_hook import OutputGrad, weight_grads
+from dealrec.surrogate.objective import objective_of, trim_exact
+from dealrec.surrogate.samples import SampleTensors, trim_left
 
 
 def _batches(samples: SampleTensors, size: int = 2048) -> list[torch.Tensor]:

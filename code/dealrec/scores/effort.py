@@ -5,7 +5,7 @@
 L(s) is the mean next-token cross-entropy over the real tokens of s's full prompt (labels =
 inputs, as the original trains on inputs) and φ the declared parameter: by default the
 ``lora_B`` of ``v_proj`` in the last decoder layer (the original's choice), with the LoRA
-recipe of :mod:`dealrec.llm` (r 8, α 16) and no dropout (the score is a deterministic gradient
+recipe of :mod:`dealrec.llm.model` (r 8, α 16) and no dropout (the score is a deterministic gradient
 norm). ``target="base"`` takes the frozen ``v_proj`` weight of the same layer instead:
 the gradient that a fresh random LoRA ``A`` only projects (seed-free).
 
@@ -32,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import faults
-from ..dist import dist_info
-from ..io import LOG, Timer, atomic_path, load_tensor, read_json, write_json
-from ..llm import (
+from dealrec.core import faults
+from dealrec.core.dist import dist_info
+from dealrec.core.files import atomic_path, load_tensor, read_json, write_json
+from dealrec.core.logs import LOG, Timer
+from dealrec.core.token_rows import common_prefix_len, pad_batch
+from dealrec.data.prompts import tokenize_prompt
+from dealrec.llm.model import (
     LORA_ALPHA,
     LORA_R,
     LORA_TARGET_MODULES,
@@ -45,18 +48,15 @@ from ..llm import (
     load_tokenizer,
     lora_config,
 )
-from ..padding import pad_batch
-from ..prompts import tokenize_prompt
-from .effort_prefix import (
+from dealrec.scores.effort_prefix import (
     BF16_MODES,
     PrefixEffort,
-    common_prefix_len,
     lower_layers_in_bf16,
     quantize_lower_layers,
     resolve_precision,
 )
-from .grad_hook import OutputGrad, frobenius_sq, weight_grads
-from .loss_head import head_grad, head_grad_autograd
+from dealrec.scores.grad_hook import OutputGrad, frobenius_sq, weight_grads
+from dealrec.scores.loss_head import head_grad, head_grad_autograd
 
 EFFORT_TARGETS = ("lora_B", "base")
 

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from ..hardware import PrecisionError, cpu_precision
-from ..llm import ModelError, cache_kwarg, output_cache
-from ..padding import pad_batch
-from .grad_hook import frobenius_sq, weight_grads
+from dealrec.core.hardware import PrecisionError, cpu_precision
+from dealrec.core.token_rows import pad_batch
+from dealrec.llm.model import ModelError, cache_kwarg, output_cache
+from dealrec.scores.grad_hook import frobenius_sq, weight_grads
 
 EFFORT_PRECISIONS = ("fp32", "bf16", "bf16_head", "int8", "auto")
 BF16_MODES = ("bf16", "bf16_head")  # bf16 autocast below the target; bf16_head: the loss head's matmul too
@@ -77,21 +77,6 @@ def resolve_precision(requested: str, device: torch.device | str, quantization: 
                              force="--force_precision" if force else None)
     except PrecisionError as e:
         raise ModelError(str(e)) from None
-
-
-def common_prefix_len(rows: list[list[int]]) -> int:
-    """Length of the longest common prefix of token-id lists."""
-    if not rows:
-        return 0
-    first, n = rows[0], min(len(r) for r in rows)
-    for r in rows[1:]:
-        k = 0
-        while k < n and r[k] == first[k]:
-            k += 1
-        n = k
-        if not n:
-            break
-    return n
 
 
 def _unwrap_lora(module: torch.nn.Module) -> None:

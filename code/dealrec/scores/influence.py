@@ -28,12 +28,12 @@ import torch
 from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
-from .. import faults
-from ..io import LOG, Timer
-from ..surrogate import SASREC_INFLUENCE_PARAMS
-from ..surrogate.loss import NEGATIVE_MODES, LossModule
-from ..surrogate.objective import objective_of, trim_exact
-from ..surrogate.samples import SampleTensors, trim_left
+from dealrec.core import faults
+from dealrec.core.logs import LOG, Timer
+from dealrec.surrogate import SASREC_INFLUENCE_PARAMS
+from dealrec.surrogate.loss import NEGATIVE_MODES, LossModule
+from dealrec.surrogate.objective import objective_of, trim_exact
+from dealrec.surrogate.samples import SampleTensors, trim_left
 
 DEFAULT_PARAMS = SASREC_INFLUENCE_PARAMS  # SASRec's; each registered surrogate declares its own
 SOLVERS = ("lissa", "cg")

@@ -7,10 +7,10 @@
 - :mod:`.plot`: :func:`plot_selection` (matplotlib is imported only when plotting).
 """
 
-from .coverage import SelectionResult, coverage_select, minmax, overall_score, stratum_budgets
-from .plot import plot_selection
-from .scoreset import SCORE_SOURCES, MissingScoreError, ScoreSet
-from .strategies import (
+from dealrec.select.coverage import SelectionResult, coverage_select, minmax, overall_score, stratum_budgets
+from dealrec.select.plot import plot_selection
+from dealrec.select.scoreset import SCORE_SOURCES, MissingScoreError, ScoreSet
+from dealrec.select.strategies import (
     STRATEGIES,
     SelectConfig,
     StrategySpec,

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .scoreset import check_count, to_float_array, to_mask
+from dealrec.select.scoreset import check_count, to_float_array, to_mask
 
 LOG = logging.getLogger("dealrec")
 

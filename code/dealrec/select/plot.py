@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
-from .coverage import SelectionResult
-from .scoreset import to_float_array, to_mask
+from dealrec.core.files import atomic_path
+from dealrec.select.coverage import SelectionResult
+from dealrec.select.scoreset import to_float_array, to_mask
 
 
 def plot_selection(

@@ -9,8 +9,8 @@ Defaults are the paper's Games values (λ = 0.3, k = 50, hard_prune = 0.1; the o
 
 A strategy is registered once, with the scores it needs (``needs``: ``influence``, ``effort``,
 ``baselines`` = EL2N and GraNd) and the scoring settings it requires (``scoring``: dotted
-:class:`dealrec.prune.PruneConfig` settings); the pipeline computes exactly those
-(:func:`dealrec.prune.compute_scores`).
+:class:`dealrec.prune.pipeline.PruneConfig` settings); the pipeline computes exactly those
+(:func:`dealrec.prune.pipeline.compute_scores`).
 
 =================  ===================================================================
 name               selection
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .coverage import SelectionResult, check_finite, coverage_select, minmax, overall_score
-from .scoreset import ScoreSet, check_count
+from dealrec.select.coverage import SelectionResult, check_finite, coverage_select, minmax, overall_score
+from dealrec.select.scoreset import ScoreSet, check_count
 
 Strategy = Callable[..., SelectionResult]
 SCORE_KINDS = ("influence", "effort", "baselines")

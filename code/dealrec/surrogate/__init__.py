@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bert4rec import BERT4Rec, BERT4RecConfig
-from .gru4rec import GRU4Rec, GRU4RecConfig
-from .objective import NEXT_ITEM, Cloze, Objective, objective_of, trim_exact
-from .sasrec import SASRec, SASRecConfig
-from .trainer import SurrogateConfig
+from dealrec.surrogate.bert4rec import BERT4Rec, BERT4RecConfig
+from dealrec.surrogate.gru4rec import GRU4Rec, GRU4RecConfig
+from dealrec.surrogate.objective import NEXT_ITEM, Cloze, Objective, objective_of, trim_exact
+from dealrec.surrogate.sasrec import SASRec, SASRecConfig
+from dealrec.surrogate.trainer import SurrogateConfig
 
 Factory = Callable[[int, SurrogateConfig], nn.Module]
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sasrec import Encoder, LayerNorm
+from dealrec.surrogate.sasrec import Encoder, LayerNorm
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .samples import DEFAULT_BUCKET_OVERHEAD, length_buckets, trim_left
+from dealrec.surrogate.samples import DEFAULT_BUCKET_OVERHEAD, length_buckets, trim_left
 
 NEGATIVE_MODES = ("sampled", "expected")
 

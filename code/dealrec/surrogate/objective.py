@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .loss import LossTerms, cloze_loss_terms, sample_loss_terms, split_batch_loss
-from .samples import (
+from dealrec.surrogate.loss import LossTerms, cloze_loss_terms, sample_loss_terms, split_batch_loss
+from dealrec.surrogate.samples import (
     DEFAULT_BUCKET_OVERHEAD,
     SampleTensors,
     build_cloze_samples,

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .. import faults
-from ..data import RecData
-from ..io import LOG, Timer
-from ..metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
-from .objective import objective_of, trim_exact
-from .samples import DEFAULT_BUCKET_OVERHEAD, EvalInputs, _pad_right, build_eval, trim_left
+from dealrec.core import faults
+from dealrec.core.logs import LOG, Timer
+from dealrec.data.dataset import RecData
+from dealrec.metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
+from dealrec.surrogate.objective import objective_of, trim_exact
+from dealrec.surrogate.samples import DEFAULT_BUCKET_OVERHEAD, EvalInputs, _pad_right, build_eval, trim_left
 
 BATCHING = ("split", "padded")
 

@@ -4,7 +4,7 @@
 
 writes ``<result>.metrics.json`` (Recall/NDCG/Precision/MRR at 5/10/20/50) beside the result
 file and prints the table. ``--input_dir`` + ``--filename`` is the original's form. The
-options are built from :class:`dealrec.ground.EvaluateConfig`.
+options are built from :class:`dealrec.llm.ground.EvaluateConfig`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from dealrec.config import build_parser, parse
-from dealrec.data import DataError, load_dataset
-from dealrec.ground import EvaluateConfig, evaluate_results, metrics_path, parse_ks, result_data_name
-from dealrec.io import discard_log, resolve_device, setup_logging
-from dealrec.llm import ModelError
+from dealrec.core.hardware import resolve_device
+from dealrec.core.logs import discard_log, setup_logging
+from dealrec.data.dataset import DataError, load_dataset
+from dealrec.llm.ground import EvaluateConfig, evaluate_results, metrics_path, parse_ks, result_data_name
+from dealrec.llm.model import ModelError
 from dealrec.metrics import format_table
 from dealrec.presets import finetune_preset
 

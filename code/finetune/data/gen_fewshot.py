@@ -6,7 +6,7 @@ reads the selection ``code/prune/selected/{data}_{n}.pt`` (``--n_sample`` equal 
 of users means all users: full-data fine-tuning, no selection file) and writes
 ``<out_dir>/train/train-{n}.json``, ``<out_dir>/valid/valid-{n}.json`` and
 ``<out_dir>/test/test.json`` (every test user) with a manifest ``<file>.json`` each. The options
-are built from :class:`dealrec.fewshot.FewshotConfig`.
+are built from :class:`dealrec.data.fewshot.FewshotConfig`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from dealrec.config import build_parser, parse
-from dealrec.data import DataError, load_dataset
-from dealrec.fewshot import FewshotConfig, check_fewshot_args, load_selection, write_fewshot
-from dealrec.io import discard_log, setup_logging
-from dealrec.llm import ModelError, load_tokenizer
+from dealrec.core.logs import discard_log, setup_logging
+from dealrec.data.dataset import DataError, load_dataset
+from dealrec.data.fewshot import FewshotConfig, check_fewshot_args, load_selection, write_fewshot
+from dealrec.llm.model import ModelError, load_tokenizer
 from dealrec.presets import finetune_preset
 
 HERE = Path(__file__).resolve().parent

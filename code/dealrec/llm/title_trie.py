@@ -12,7 +12,7 @@ depth-first order every ancestor of a node written before the row started is an 
 the row's first node, so each node finds all of its ancestors in its own row). Each row gets
 a 4D attention mask in which a node attends to its ancestors and itself only, and position ids
 equal to the node's depth, so a node's hidden state is the one it has at the end of each text
-through it when that text is run alone: :func:`dealrec.ground.embed_texts` checks the two
+through it when that text is run alone: :func:`dealrec.llm.ground.embed_texts` checks the two
 layouts agree (tests/test_tree_pack.py).
 """
 

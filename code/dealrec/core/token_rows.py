@@ -1,5 +1,6 @@
-"""Padding of token-id rows into one batch: the one helper for left (generation, grounding)
-and right (effort, fine-tuning) padding."""
+"""Token-id rows: padding them into one batch (the one helper for left padding in generation and
+grounding, right padding in effort and fine-tuning) and their longest common prefix (computed
+once by the effort score and by beam search)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,18 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left",
     if device is not None:
         ids, mask = ids.to(device), mask.to(device)
     return ids, mask
+
+
+def common_prefix_len(rows: list[list[int]]) -> int:
+    """Length of the longest common prefix of token-id lists."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+        if not n:
+            break
+    return n

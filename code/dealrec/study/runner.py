@@ -13,20 +13,20 @@ One data set, one sample count n, strategies × seeds (the paper's Table 2 setti
    candidate user);
 4. ``<out>/REPORT.md`` (mean ± sample std over seeds, the paper's Table 2 rows beside them,
    wall-clock time per stage, the configuration) and ``<out>/report.png`` (bars with error bars),
-   rendered by :mod:`dealrec.study_report`.
+   rendered by :mod:`dealrec.study.report`.
 
-:class:`StudyConfig` holds a :class:`~dealrec.prune.PruneConfig`, a
-:class:`~dealrec.finetune.FinetuneConfig` and an :class:`~dealrec.generate.InferenceConfig`
+:class:`StudyConfig` holds a :class:`~dealrec.prune.pipeline.PruneConfig`, a
+:class:`~dealrec.llm.finetune.FinetuneConfig` and an :class:`~dealrec.llm.generate.InferenceConfig`
 (the study's defaults are overrides of their settings) plus the study's own settings; the flat
 names of the earlier flat configuration (``n``, ``lamda``, ``learning_rate``, ``num_beams`` …)
 remain readable and settable (:data:`STUDY_ALIASES`).
 
 5. the paired-difference table: per signal, each strategy against ``random`` on the same test
    users with the same seed (per-user Recall@20/NDCG@20 differences, averaged over seeds, bootstrap
-   95 % interval, seed-to-seed spread, a verdict sentence: :mod:`dealrec.paired`).
+   95 % interval, seed-to-seed spread, a verdict sentence: :mod:`dealrec.study.paired`).
 
 Each finished run leaves its small result files in the record folder (``record_dir``; default
-``docs/study/<preset>`` for a named preset, else ``<out>/records``; :mod:`dealrec.records`): the
+``docs/study/<preset>`` for a named preset, else ``<out>/records``; :mod:`dealrec.study.records`): the
 selection's indices, the metrics and timings, and per test user the ranks of its targets. A run
 whose record carries the expected key is never recomputed, and the report is made from the
 records alone, so a study resumes from them on a machine without ``<out>`` (scores, adapters,
@@ -49,34 +49,25 @@ from typing import Any
 
 import torch
 
-from . import faults
-from .config import Alias, FlatView, from_flat, get, override
-from .data import load_dataset
-from .fewshot import build_examples, write_fewshot
-from .finetune import MANIFEST as FINETUNE_MANIFEST
-from .finetune import NOT_IN_KEY as FINETUNE_NOT_IN_KEY
-from .finetune import FinetuneConfig, is_done
-from .finetune import train as finetune
-from .generate import InferenceConfig, run_inference
-from .ground import GROUND_AUTO, POOLING, evaluate_results
-from .hardware import cpu_precision
-from .io import (
-    LOG,
-    Timer,
-    cache_key,
-    cached,
-    check_writable,
-    file_hash,
-    read_json,
-    tensor_hash,
-    write_json,
-    write_manifest,
-)
-from .llm import model_id
-from .locking import output_lock
-from .presets import DEFAULT_STRATEGIES
-from .presets import STUDY_PRESETS as PRESETS
-from .prune import (
+from dealrec.config import Alias, FlatView, from_flat, get, override
+from dealrec.core import faults
+from dealrec.core.cache import cache_key, cached, file_hash, tensor_hash, write_manifest
+from dealrec.core.files import check_writable, read_json, write_json
+from dealrec.core.hardware import cpu_precision
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG, Timer
+from dealrec.data.dataset import load_dataset
+from dealrec.data.fewshot import build_examples, write_fewshot
+from dealrec.llm.finetune import MANIFEST as FINETUNE_MANIFEST
+from dealrec.llm.finetune import NOT_IN_KEY as FINETUNE_NOT_IN_KEY
+from dealrec.llm.finetune import FinetuneConfig, is_done
+from dealrec.llm.finetune import train as finetune
+from dealrec.llm.generate import InferenceConfig, run_inference
+from dealrec.llm.ground import GROUND_AUTO, POOLING, evaluate_results
+from dealrec.llm.model import model_id
+from dealrec.presets import DEFAULT_STRATEGIES
+from dealrec.presets import STUDY_PRESETS as PRESETS
+from dealrec.prune.pipeline import (
     PruneConfig,
     compute_scores,
     effort_file,
@@ -84,9 +75,9 @@ from .prune import (
     influence_file,
     surrogate_file,
 )
-from .records import Records, users_key
-from .select import STRATEGIES, ScoreSet, run_strategy, strategy_spec
-from .study_report import (
+from dealrec.select import STRATEGIES, ScoreSet, run_strategy, strategy_spec
+from dealrec.study.records import Records, users_key
+from dealrec.study.report import (
     METRICS,
     PAPER_TABLE2,
     REFERENCE,
@@ -98,8 +89,8 @@ from .study_report import (
     summarize,
     write_report,
 )
-from .surrogate import build_surrogate
-from .surrogate.trainer import SurrogateConfig, train_surrogate
+from dealrec.surrogate import build_surrogate
+from dealrec.surrogate.trainer import SurrogateConfig, train_surrogate
 
 SIGNALS = ("llm", "sasrec")
 # Settings the study sets per run (paths inside <out>): not options of its command line.
@@ -216,7 +207,7 @@ class StudyConfig(FlatView):
 
     @property
     def records(self) -> Path:
-        """The record folder (:mod:`dealrec.records`): ``record_dir``, else ``docs/study/<preset>``
+        """The record folder (:mod:`dealrec.study.records`): ``record_dir``, else ``docs/study/<preset>``
         for a named preset, else ``<out>/records``."""
         if self.record_dir:
             return Path(self.record_dir)
@@ -336,7 +327,7 @@ def _at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
 
 class Study:
     """The runs of one :class:`StudyConfig` (orchestration and caching; the report is rendered by
-    :mod:`dealrec.study_report`); every method reuses what is on disk."""
+    :mod:`dealrec.study.report`); every method reuses what is on disk."""
 
     def __init__(self, cfg: StudyConfig):
         cfg.validate()
@@ -362,7 +353,7 @@ class Study:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from .llm import load_tokenizer
+            from dealrec.llm.model import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.cfg.base_model)
         return self._tokenizer
@@ -371,7 +362,7 @@ class Study:
     def base(self) -> Any:
         """The base LLM without adapter (grounding embeds with it), loaded once."""
         if self._base is None:
-            from .llm import load_base_model
+            from dealrec.llm.model import load_base_model
 
             self._base = load_base_model(self.cfg.base_model, self.cfg.device)
         return self._base
@@ -397,7 +388,7 @@ class Study:
         return path
 
     def scores(self, strategy: str) -> ScoreSet:
-        """The scores ``strategy`` needs (:func:`dealrec.prune.compute_scores`, cached in ``<out>/scores``)."""
+        """The scores ``strategy`` needs (:func:`dealrec.prune.pipeline.compute_scores`, cached in ``<out>/scores``)."""
         pcfg = self.cfg.prune_config(strategy)
         needs = strategy_spec(strategy).needs
         tag = f"{pcfg.influence.negatives}-{pcfg.effort.target}-{'-'.join(sorted(needs))}"
@@ -417,7 +408,7 @@ class Study:
 
     def embed(self) -> None:
         """The item-title embeddings grounding needs (cached per model and catalogue), ahead of the runs."""
-        from .ground import item_embeddings
+        from dealrec.llm.ground import item_embeddings
 
         items = None
         if self.cfg.max_items is not None and self.cfg.max_items < self.data.n_items:

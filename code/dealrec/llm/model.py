@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .io import LOG
+from dealrec.core.logs import LOG
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {EMBEDDED_NAME, "embedded", "default", "SmolLM2-135M-Instruct"}
@@ -299,7 +299,7 @@ def load_base_model(
     """The causal LM in eval mode; ``quantization`` in {None, '8bit', '4bit'} (GPU, bitsandbytes)."""
     from transformers import AutoModelForCausalLM
 
-    from . import faults
+    from dealrec.core import faults
 
     faults.step("load_model")
     path = resolve_base_model(base_model)
@@ -355,7 +355,7 @@ def lora_config(
 
 def parse_modules(values: str | list[str] | tuple[str, ...]) -> list[str]:
     """Target modules from the command line: ``q_proj v_proj``, ``q_proj,v_proj`` or ``[q_proj,v_proj]``."""
-    from .config import split_list
+    from dealrec.config import split_list
 
     return split_list(values, str)
 

@@ -27,26 +27,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import faults
-from .beam import unsupported_settings
-from .dist import init_distributed
-from .hardware import cpu_precision
-from .io import (
-    LOG,
-    OutputError,
-    cache_key,
-    cached,
-    check_writable,
-    file_hash,
-    manifest_path,
-    read_json,
-    read_json_checked,
-    write_json,
-    write_manifest,
-)
-from .locking import output_lock
-from .padding import pad_batch
-from .prompts import prompt_of
+from dealrec.core import faults
+from dealrec.core.cache import cache_key, cached, file_hash, manifest_path, write_manifest
+from dealrec.core.dist import init_distributed
+from dealrec.core.files import OutputError, check_writable, read_json, read_json_checked, write_json
+from dealrec.core.hardware import cpu_precision
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG
+from dealrec.core.token_rows import pad_batch
+from dealrec.data.prompts import prompt_of
+from dealrec.llm.beam import unsupported_settings
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
 GEN_ENGINES = ("auto", "fast", "hf")
@@ -89,8 +79,8 @@ def bf16_copy(model: Any) -> Any:
 
 def _fast_runner(model: Any, tokenizer: Any, seqs: list[list[int]], num_beams: int, max_new_tokens: int,
                  precision: str) -> Callable[[list[list[int]]], list[str]]:
-    """A batch function for :func:`dealrec.beam.beam_search` with the prefix of all ``seqs`` cached."""
-    from .beam import beam_search, shared_prefix
+    """A batch function for :func:`dealrec.llm.beam.beam_search` with the prefix of all ``seqs`` cached."""
+    from dealrec.llm.beam import beam_search, shared_prefix
 
     eos = [tokenizer.eos_token_id]  # what the reference path stops on (its GenerationConfig sets it)
     lp = getattr(getattr(model, "generation_config", None), "length_penalty", None)
@@ -121,7 +111,7 @@ def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], gen_confi
 
 
 def resolve_engine(engine: str, model: Any) -> str:
-    """``auto`` = the prefill-once path (:mod:`dealrec.beam`) on a CPU, transformers' on a GPU.
+    """``auto`` = the prefill-once path (:mod:`dealrec.llm.beam`) on a CPU, transformers' on a GPU.
 
     The fast path is also refused for a quantized model and for a model whose generation config
     asks for logits processors it does not implement (a log line says why).
@@ -162,7 +152,7 @@ def generate(
     """The response text of every example, in input order.
 
     ``on_batch(indices, texts)`` is called after each batch (for saving partial results).
-    ``engine``: ``hf`` = transformers' ``generate`` (the reference), ``fast`` = :mod:`dealrec.beam`
+    ``engine``: ``hf`` = transformers' ``generate`` (the reference), ``fast`` = :mod:`dealrec.llm.beam`
     (prefill once per prompt, shared prefix once), ``auto`` = :func:`resolve_engine`.
     ``precision``: ``bf16`` runs the fast path's model in bf16 (CPU with native bf16 only), ``auto``
     = ``GEN_AUTO``.
@@ -245,7 +235,7 @@ class InferenceConfig:
 
     def validate(self) -> None:
         """Fail before the model is loaded or anything is written, naming the argument."""
-        from .llm import check_adapter_folder, check_model_folder
+        from dealrec.llm.model import check_adapter_folder, check_model_folder
 
         if self.engine not in GEN_ENGINES:
             raise ValueError(f"--gen_engine must be one of {GEN_ENGINES}, got {self.engine!r}")
@@ -264,7 +254,7 @@ class InferenceConfig:
             check_adapter_folder(self.lora_weights, "--lora_weights")
 
     def key(self) -> dict[str, Any]:
-        from .llm import model_id
+        from dealrec.llm.model import model_id
 
         d = asdict(self)
         # the engine, like the batch size, changes only the float summation order
@@ -327,7 +317,7 @@ def _barrier(world: int) -> None:
 
 
 def _load_model(cfg: InferenceConfig, device: torch.device) -> tuple[Any, Any]:
-    from .llm import align_special_tokens, load_adapter, load_base_model, load_tokenizer
+    from dealrec.llm.model import align_special_tokens, load_adapter, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.base_model, padding_side="left")
     model = load_base_model(cfg.base_model, device, quantization=cfg.quantization)

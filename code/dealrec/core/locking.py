@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .io import LOG, OutputError, commit_log
+from dealrec.core.files import OutputError
+from dealrec.core.logs import LOG, commit_log
 
 try:
     import fcntl

@@ -6,7 +6,7 @@
   optimiser step, a generation batch, a grounding batch, a finished study run).
 - ``DEALREC_FAULT_FORBID=<stage>,...`` (or ``*``): entering one of these stages ends the process at
   once with exit status 97 and a line on stderr (the tests' "fails before any expensive work").
-- ``DEALREC_FAULT_ENOSPC=1``: every atomic write (:func:`dealrec.io.atomic_path`) and the
+- ``DEALREC_FAULT_ENOSPC=1``: every atomic write (:func:`dealrec.core.files.atomic_path`) and the
   writability probe fail with ``ENOSPC`` (a full disk, without filling one).
 
 Stages: ``surrogate``, ``influence``, ``effort``, ``load_model``, ``finetune``, ``generate``,

@@ -1,4 +1,4 @@
-"""Alpaca-style examples built from a :class:`~dealrec.data.RecData` (train / valid / test).
+"""Alpaca-style examples built from a :class:`~dealrec.data.dataset.RecData` (train / valid / test).
 
 - train: history = train items except the last, target = the last train item (one per user,
   in user order: the "full-training prompt set" that the effort score is computed on);
@@ -24,20 +24,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, RecData
-from .io import (
-    LOG,
-    cache_key,
-    cached,
-    check_writable,
-    load_checked,
-    manifest_path,
-    read_json,
-    write_json,
-    write_manifest,
-)
-from .locking import output_lock
-from .prompts import build_example, clean_title
+from dealrec.core.cache import cache_key, cached, manifest_path, write_manifest
+from dealrec.core.files import check_writable, load_checked, read_json, write_json
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG
+from dealrec.data.dataset import DataError, RecData
+from dealrec.data.prompts import build_example, clean_title
 
 
 @dataclass
@@ -212,7 +204,7 @@ def write_fewshot(
     file whose manifest key is unchanged is kept (``overwrite`` rewrites it). ``splits`` limits
     the files written (the paths of all three are returned).
     """
-    from .llm import model_id
+    from dealrec.llm.model import model_id
 
     users = [int(u) for u in selected_users]
     n_label = len(users) if n_label is None else n_label
@@ -248,7 +240,7 @@ def write_fewshot(
 def _write_plans(data: RecData, plans: dict, paths: dict[str, Path], splits: Sequence[str], tokenizer: Any,
                  cutoff_len: int, n_label: Any, selection_file: Any, base_model: Any, overwrite: bool,
                  progress: bool) -> None:
-    from .llm import model_id
+    from dealrec.llm.model import model_id
 
     for split, (key, split_users) in plans.items():
         if split not in splits:

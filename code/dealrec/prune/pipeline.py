@@ -8,7 +8,7 @@ The surrogate-dependent files carry the surrogate's name unless it is SASRec (wh
 are the original ones): ``surrogate_BERT4Rec.pt``, ``influence_BERT4Rec.pt``, ``el2n_GRU4Rec.pt``
 …, so surrogates share one ``score_dir`` — and its effort scores, which do not depend on the
 surrogate — without overwriting each other. The configuration is :class:`PruneConfig`
-(:mod:`dealrec.prune_config`); :func:`compute_scores` is the one place where scores are
+(:mod:`dealrec.prune.config`); :func:`compute_scores` is the one place where scores are
 computed, for :func:`run` and the study alike.
 """
 
@@ -23,34 +23,21 @@ from typing import Any
 
 import torch
 
-from .data import DataError, RecData, load_dataset
-from .dist import dist_info, init_distributed
-from .fewshot import build_examples
-from .io import (
-    LOG,
-    Timer,
-    cache_key,
-    cached,
-    check_writable,
-    file_hash,
-    load_checked,
-    load_tensor,
-    manifest_path,
-    read_json,
-    save_tensor,
-    tensor_hash,
-    write_json,
-    write_manifest,
-)
-from .llm import model_id
-from .locking import output_lock
-from .prune_config import PRUNE_ALIASES, STAGES, PruneConfig, SurrogateSection
-from .scores.baselines import el2n_scores, grand_scores
-from .scores.effort import EffortModel, effort_scores
-from .scores.influence import influence_scores
-from .select import ScoreSet, plot_selection, run_strategy, strategy_spec
-from .surrogate import build_surrogate, objective_of, surrogate_spec
-from .surrogate.trainer import train_surrogate
+from dealrec.core.cache import cache_key, cached, file_hash, manifest_path, tensor_hash, write_manifest
+from dealrec.core.dist import dist_info, init_distributed
+from dealrec.core.files import check_writable, load_checked, load_tensor, read_json, save_tensor, write_json
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG, Timer
+from dealrec.data.dataset import DataError, RecData, load_dataset
+from dealrec.data.fewshot import build_examples
+from dealrec.llm.model import model_id
+from dealrec.prune.config import PRUNE_ALIASES, STAGES, PruneConfig, SurrogateSection
+from dealrec.scores.baselines import el2n_scores, grand_scores
+from dealrec.scores.effort import EffortModel, effort_scores
+from dealrec.scores.influence import influence_scores
+from dealrec.select import ScoreSet, plot_selection, run_strategy, strategy_spec
+from dealrec.surrogate import build_surrogate, objective_of, surrogate_spec
+from dealrec.surrogate.trainer import train_surrogate
 
 
 def _data_key(cfg: PruneConfig, data: RecData) -> dict:
@@ -200,8 +187,8 @@ def compute_effort(cfg: PruneConfig, data: RecData) -> torch.Tensor:
     if not dist_info().main:
         return scores
     save_tensor(path, scores)
-    from .hardware import describe
-    from .scores.effort import chunk_timing
+    from dealrec.core.hardware import describe
+    from dealrec.scores.effort import chunk_timing
 
     # seconds: this call (a resumed run computes only the missing chunks); timing: every timed chunk
     timing = chunk_timing(path.with_name(path.stem + ".chunks"))
@@ -216,7 +203,7 @@ def write_prompt_set(cfg: PruneConfig, path: str | Path) -> int:
     """The full-training prompt set (one per user with a train item, user order) as alpaca JSON
     (``instruction``/``input``/``output``/``user``/``target_ids``): it replaces the original's
     hand-made ``train_49156.json``."""
-    from .llm import load_tokenizer
+    from dealrec.llm.model import load_tokenizer
 
     cfg.validate()
     check_writable(Path(path).parent, "--write_prompts")

@@ -28,21 +28,17 @@ from typing import Any
 
 import torch
 
-from . import faults
-from .dist import dist_info
-from .hardware import cpu_precision
-from .io import (
-    LOG,
-    Timer,
-    cache_key,
-    check_writable,
-    file_hash,
-    read_json,
-    read_json_checked,
-    seed_everything,
-    write_json,
-)
-from .llm import (
+from dealrec.core import faults
+from dealrec.core.cache import cache_key, file_hash
+from dealrec.core.dist import dist_info
+from dealrec.core.files import check_writable, read_json, read_json_checked, write_json
+from dealrec.core.hardware import cpu_precision
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG, Timer
+from dealrec.core.seeds import seed_everything
+from dealrec.data.prompts import tokenize_prompt
+from dealrec.llm.lm_loss import LOSS_POSITIONS, check_labelled_head, labelled_head
+from dealrec.llm.model import (
     LORA_ALPHA,
     LORA_DROPOUT,
     LORA_R,
@@ -56,9 +52,6 @@ from .llm import (
     lora_config,
     model_id,
 )
-from .lm_loss import LOSS_POSITIONS, check_labelled_head, labelled_head
-from .locking import output_lock
-from .prompts import tokenize_prompt
 
 MANIFEST = "finetune_manifest.json"
 # Settings that change no number of the adapter (paths, logging; loss_positions: the same loss
@@ -105,13 +98,13 @@ class FinetuneConfig:
     # CPU only: fp32, or bf16 autocast (a CPU with native bf16; LoRA weights and optimiser stay
     # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16) as before.
     precision: str = "fp32"
-    # labelled: the LM head runs only where a label is set (the same loss, less time: dealrec.lm_loss);
+    # labelled: the LM head runs only where a label is set (the same loss, less time: dealrec.llm.lm_loss);
     # all: the model's own forward (every position's logits)
     loss_positions: str = "labelled"
 
     def validate(self) -> None:
         """Fail before the model is loaded or anything is written, naming the argument."""
-        from .llm import check_model_folder
+        from dealrec.llm.model import check_model_folder
 
         for name, low in (("batch_size", 1), ("micro_batch_size", 1), ("warmup_steps", 0), ("cutoff_len", 8),
                           ("lora_r", 1), ("lora_alpha", 1), ("eval_steps", 1), ("early_stopping_patience", 0),
@@ -183,7 +176,7 @@ def _load_examples(path: str | None, what: str) -> list[dict[str, Any]]:
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
-    """Prompts tokenized once with :func:`dealrec.prompts.tokenize_prompt`."""
+    """Prompts tokenized once with :func:`dealrec.data.prompts.tokenize_prompt`."""
 
     def __init__(self, examples: list[dict[str, Any]], tokenizer: Any, cutoff_len: int, train_on_inputs: bool):
         self.items = [tokenize_prompt(tokenizer, ex, cutoff_len, train_on_inputs) for ex in examples]
@@ -246,7 +239,7 @@ def _save_adapter(model: Any, output_dir: Path) -> None:
 
 
 def _fault_steps() -> Any:
-    """A Trainer callback: one :func:`dealrec.faults.step` per optimiser step (kill-point tests)."""
+    """A Trainer callback: one :func:`dealrec.core.faults.step` per optimiser step (kill-point tests)."""
     from transformers import TrainerCallback
 
     class FaultSteps(TrainerCallback):

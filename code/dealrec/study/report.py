@@ -1,6 +1,6 @@
 """The study's report: tables of mean ± std over seeds, the bar chart, and ``REPORT.md``.
 
-Pure rendering of the rows that :class:`dealrec.study.Study` collected; nothing here runs a
+Pure rendering of the rows that :class:`dealrec.study.runner.Study` collected; nothing here runs a
 stage. :func:`render_report` returns the Markdown, :func:`write_report` writes ``REPORT.md``,
 ``results.json`` and ``report.png``.
 """
@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import LOG, atomic_path, write_json, write_text
-from .llm import model_id
-from .paired import metrics_from_ranks, paired_difference, verdict
+from dealrec.core.files import atomic_path, write_json, write_text
+from dealrec.core.logs import LOG
+from dealrec.llm.model import model_id
+from dealrec.study.paired import metrics_from_ranks, paired_difference, verdict
 
 REPORT_KS = (10, 20)
 METRICS = tuple(f"{m}@{k}" for m in ("Recall", "NDCG") for k in REPORT_KS)
@@ -110,8 +111,8 @@ def paired_results(per_user: dict[str, dict[int, list[list[int]]]], baseline: st
     (``per_user[strategy][seed]``, the same test users in the same order for every run): per seed
     the per-user difference strategy − baseline, averaged over the seeds per user, with a
     bootstrap 95 % interval of the mean, the per-seed means and their spread
-    (:func:`dealrec.paired.paired_difference`), the difference relative to the baseline's mean
-    and :func:`dealrec.paired.verdict`'s sentence. Empty without a baseline."""
+    (:func:`dealrec.study.paired.paired_difference`), the difference relative to the baseline's mean
+    and :func:`dealrec.study.paired.verdict`'s sentence. Empty without a baseline."""
     if baseline not in per_user:
         return {}
 
@@ -204,7 +205,7 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
                  facts: StudyFacts, wall_seconds: float | None = None,
                  per_user: dict[str, dict[str, dict[int, list[list[int]]]]] | None = None) -> Path:
     """``REPORT.md``, ``results.json`` and ``report.png`` under ``out`` from the per-run rows of both
-    signals; ``cfg``: the :class:`dealrec.study.StudyConfig` (its flat names and ``summary()``);
+    signals; ``cfg``: the :class:`dealrec.study.runner.StudyConfig` (its flat names and ``summary()``);
     ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the paired table (:func:`paired_results`)."""
     llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
     seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}

@@ -1,5 +1,6 @@
 """What this machine can do, detected at run time (never assumed): the CPU's name and flags,
-native bf16 and int8 matrix support, and a one-line description for benchmark output."""
+native bf16 and int8 matrix support, a one-line description for benchmark output, and the
+device a ``--gpu_id`` resolves to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import platform
 
 import torch
+
+from dealrec.core.logs import LOG
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AMD Zen 4+, Intel Cooper Lake+, SPR+)
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -87,3 +90,17 @@ def cpu_precision(requested: str, device: torch.device | str, flag: str, auto: s
             logging.getLogger("dealrec").warning("%s; using fp32", msg)
         return "fp32"
     return want
+
+
+def resolve_device(gpu_id: str | int | None) -> torch.device:
+    """``cpu``, ``None``, or a GPU index; an absent GPU gives a warning and the CPU."""
+    if gpu_id is None or str(gpu_id).lower() in {"cpu", "-1", ""}:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        LOG.warning("GPU %s requested but CUDA is not available: using the CPU", gpu_id)
+        return torch.device("cpu")
+    idx = int(gpu_id)
+    if idx >= torch.cuda.device_count():
+        LOG.warning("GPU %s requested but only %d visible: using cuda:0", gpu_id, torch.cuda.device_count())
+        idx = 0
+    return torch.device(f"cuda:{idx}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .prompts import DATASET_PHRASES, PREAMBLE, RESPONSE_MARK, clean_title
+from dealrec.data.prompts import DATASET_PHRASES, PREAMBLE, RESPONSE_MARK, clean_title
 
 # Used when no data set is at hand (and to make sure these pieces are in every vocabulary).
 BUILTIN_TITLES = [
@@ -61,11 +61,11 @@ BUILTIN_TITLES = [
 
 
 def training_texts(data_dir: str | os.PathLike | None = None, data_name: str = "games") -> list[str]:
-    """Item titles of ``data_dir/data_name`` (via :func:`dealrec.data.load_dataset`) if present,
+    """Item titles of ``data_dir/data_name`` (via :func:`dealrec.data.dataset.load_dataset`) if present,
     else :data:`BUILTIN_TITLES`; plus the prompt phrases and ``BUILTIN_TITLES`` in any case."""
     titles: list[str] = []
     if data_dir is not None and (Path(data_dir) / data_name).is_dir():
-        from .data import load_dataset
+        from dealrec.data.dataset import load_dataset
 
         titles = [clean_title(t) for t in load_dataset(data_dir, data_name, check_dicts=False).titles]
     phrases = [PREAMBLE.strip(), "### Instruction:", "### Input:", RESPONSE_MARK]

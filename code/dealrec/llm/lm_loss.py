@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .llm import causal_lm
+from dealrec.llm.model import causal_lm
 
 IGNORE = -100
 LOSS_POSITIONS = ("labelled", "all")

@@ -1,4 +1,4 @@
-"""A KV cache that grows in place during decoding (used by :mod:`dealrec.beam`).
+"""A KV cache that grows in place during decoding (used by :mod:`dealrec.llm.beam`).
 
 transformers' ``DynamicLayer`` appends each step's keys/values with ``torch.cat``: every layer
 copies its whole cache at every decoding step (for 32 Games prompts of ≈ 230 tokens, 30 layers,

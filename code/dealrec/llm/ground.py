@@ -14,7 +14,7 @@ Differences from the original:
 - Embeddings are padded on the left with explicit position ids and the last *real* token is
   taken via the attention mask, so a text's embedding does not depend on its batch (the
   original's batches shifted the positions of padded texts).
-- Texts go through a token trie by default (:mod:`dealrec.tree_pack`): each token prefix that
+- Texts go through a token trie by default (:mod:`dealrec.llm.title_trie`): each token prefix that
   several titles share is run once; equal, up to float rounding, to running each text alone.
 - Item titles are embedded as cleaned in the prompts (no newlines). Ties (items with the same
   title have the same embedding) are broken by the lower item id.
@@ -35,13 +35,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import faults
-from .data import DataError, RecData
-from .hardware import cpu_precision, describe
-from .io import (
-    LOG,
-    cache_key,
-    cached,
+from dealrec.core import faults
+from dealrec.core.cache import cache_key, cached, write_manifest
+from dealrec.core.files import (
     check_writable,
     load_tensor,
     read_json,
@@ -49,12 +45,14 @@ from .io import (
     save_tensor,
     write_compact_json,
     write_json,
-    write_manifest,
 )
-from .locking import output_lock
-from .metrics import DEFAULT_KS, format_table, hit_ranks, topk_metrics
-from .padding import pad_batch
-from .prompts import clean_title
+from dealrec.core.hardware import cpu_precision, describe
+from dealrec.core.locking import output_lock
+from dealrec.core.logs import LOG
+from dealrec.core.token_rows import pad_batch
+from dealrec.data.dataset import DataError, RecData
+from dealrec.data.prompts import clean_title
+from dealrec.metrics import DEFAULT_KS, format_table, hit_ranks, topk_metrics
 
 
 @dataclass
@@ -107,7 +105,7 @@ def embed_texts(
     """[N, hidden] float32 (CPU): last-layer hidden state of each text's last real token.
 
     Runs the decoder without the LM head. ``layout``: ``tree`` (default) runs each distinct
-    token prefix of the texts once (:mod:`dealrec.tree_pack`; exact up to float rounding),
+    token prefix of the texts once (:mod:`dealrec.llm.title_trie`; exact up to float rounding),
     ``padded`` sorts the texts by length and runs them ``batch_size`` at a time, left-padded with
     position ids counted from each text's first real token (the reference; also what the tree
     layout falls back to for attention implementations other than sdpa/eager).
@@ -159,7 +157,7 @@ def _embed_padded(backbone: Any, pad_id: int, seqs: list[list[int]], batch_size:
 
 def _embed_tree(model: Any, backbone: Any, pad_id: int, seqs: list[list[int]], device: torch.device,
                 progress: bool, desc: str) -> torch.Tensor | None:
-    from .tree_pack import attention_mask_for, build_trie, layout_rows, mask_form, tree_batches
+    from dealrec.llm.title_trie import attention_mask_for, build_trie, layout_rows, mask_form, tree_batches
 
     dtype = next(model.parameters()).dtype
     form = mask_form(model)
@@ -224,7 +222,7 @@ def item_embeddings(
 
     Cache: ``<dealrec cache>/embeddings/{data}-{key}.pt`` with a manifest beside it.
     """
-    from .llm import cache_dir, default_dtype, load_base_model, load_tokenizer, model_id
+    from dealrec.llm.model import cache_dir, default_dtype, load_base_model, load_tokenizer, model_id
 
     ids = list(range(data.n_items)) if items is None else [int(i) for i in items]
     titles = [clean_title(data.titles[i]) for i in ids]
@@ -343,7 +341,7 @@ def evaluate_results(
     The returned report is the metrics file's content plus ``per_user``: ``users`` (the records'
     ``user`` ids, None where a record has none) and ``hit_ranks`` (per record, the 0-based rank of
     each of its distinct targets, ascending ids, within the top max(ks), or -1:
-    :func:`dealrec.metrics.hit_ranks`), from which :func:`dealrec.paired.metrics_from_ranks`
+    :func:`dealrec.metrics.hit_ranks`), from which :func:`dealrec.study.paired.metrics_from_ranks`
     recomputes each user's Recall/NDCG@K.
 
     ``precision`` (``fp32|bf16|auto``): ``bf16`` embeds titles and generations under bf16 autocast
@@ -355,7 +353,7 @@ def evaluate_results(
     ``max_items`` (demos only) ranks among items ``0..max_items-1`` plus every target item
     instead of the whole catalogue; the report says so and the figures are not comparable.
     """
-    from .llm import check_model_folder
+    from dealrec.llm.model import check_model_folder
 
     ks = sorted(int(k) for k in ks)
     if not ks or ks[0] < 1:
@@ -382,7 +380,7 @@ def evaluate_results(
 def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: RecData, base_model: Any,
               ks: list[int], batch_size: int, device: Any, max_items: int | None, model: Any, tokenizer: Any,
               progress: bool, write: bool, precision: str, layout: str) -> dict[str, Any]:
-    from .llm import load_base_model, load_tokenizer, model_id
+    from dealrec.llm.model import load_base_model, load_tokenizer, model_id
 
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)

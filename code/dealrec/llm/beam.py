@@ -12,7 +12,7 @@ for every prompt) go through the model ``num_beams`` times. Here:
 3. only then is the cache copied to the beams, and the beam loop is the same algorithm as
    transformers' vectorised ``_beam_search`` (``length_penalty``, ``early_stopping=False``
    heuristic, ``2 × num_beams`` candidates per step, EOS and max-length stopping), which
-   :func:`dealrec.generate.generate` keeps as the reference path.
+   :func:`dealrec.llm.generate.generate` keeps as the reference path.
 
 The answers equal the reference path's up to float summation order (different matrix shapes),
 which can flip a near-tie between two beams; ``bench/bench_llm.py`` counts the equal answers.
@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from .kv_buffer import buffer_cache
-from .llm import cache_kwarg, output_cache
-from .padding import pad_batch
-from .scores.effort_prefix import common_prefix_len
+from dealrec.core.token_rows import common_prefix_len, pad_batch
+from dealrec.llm.kv_buffer import buffer_cache
+from dealrec.llm.model import cache_kwarg, output_cache
 
 NEG = -1.0e9  # transformers' "minus infinity" for beam scores
 

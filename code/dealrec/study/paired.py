@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .metrics import hit_matrix
+from dealrec.metrics import hit_matrix
 
 
 def per_user_metrics(ranked: np.ndarray, targets: Sequence[Sequence[int]], k: int) -> dict[str, np.ndarray]:

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from .config import Alias, FlatView, from_flat, get, override
-from .io import load_checked
-from .scores.effort import EffortConfig
-from .scores.influence import InfluenceConfig
-from .select import STRATEGIES, SelectConfig, strategy_spec
-from .surrogate import SURROGATES, SurrogateConfig, build_surrogate, surrogate_spec
+from dealrec.config import Alias, FlatView, from_flat, get, override
+from dealrec.core.files import load_checked
+from dealrec.scores.effort import EffortConfig
+from dealrec.scores.influence import InfluenceConfig
+from dealrec.select import STRATEGIES, SelectConfig, strategy_spec
+from dealrec.surrogate import SURROGATES, SurrogateConfig, build_surrogate, surrogate_spec
 
 STAGES = ("surrogate", "influence", "effort", "baselines", "select", "all")
 
@@ -131,7 +131,7 @@ class PruneConfig(FlatView):
         uses_llm = self.stage == "effort" or (self.stage in ("all", "select")
                                               and "effort" in strategy_spec(sel.strategy).needs)
         if uses_llm and not self.effort_scores:
-            from .llm import check_model_folder
+            from dealrec.llm.model import check_model_folder
 
             check_model_folder(e.base_model)
         self.influence_config().validate()
@@ -143,7 +143,7 @@ class PruneConfig(FlatView):
                                  f"available: {', '.join(sorted(named))}")
         self.effort.validate(self.device)
         if self.effort.resume_from_checkpoint:
-            from .llm import check_adapter, lora_config
+            from dealrec.llm.model import check_adapter, lora_config
 
             e = self.effort
             check_adapter(e.resume_from_checkpoint, lora_config(e.lora_r, e.lora_alpha, 0.0, e.lora_target_modules))

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import _jsonable, cache_key, read_json, write_compact_json, write_text
+from dealrec.core.cache import cache_key
+from dealrec.core.files import jsonable, read_json, write_compact_json, write_text
 
 SIGNALS = ("llm", "sasrec")
 _NUMBER_LIST = re.compile(r"\[(?:\s|[-+\d.eE,]|null|NaN)*\]")
@@ -33,7 +34,7 @@ _NUMBER_LIST = re.compile(r"\[(?:\s|[-+\d.eE,]|null|NaN)*\]")
 
 def write_record_json(path: str | Path, obj: Any) -> None:
     """Indented JSON whose lists of numbers stay on one line (readable diffs, small files)."""
-    text = json.dumps(_jsonable(obj), indent=1, ensure_ascii=False)
+    text = json.dumps(jsonable(obj), indent=1, ensure_ascii=False)
     text = _NUMBER_LIST.sub(lambda m: re.sub(r"\s+", "", m.group()).replace(",", ", "), text)
     write_text(path, text + "\n")
 

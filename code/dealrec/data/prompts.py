@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-LOG = logging.getLogger("dealrec")  # = dealrec.io.LOG (this module stays free of torch)
+LOG = logging.getLogger("dealrec")  # = dealrec.core.logs.LOG (this module stays free of torch)
 
 PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -65,7 +65,7 @@ def phrases(data_name: str) -> DatasetPhrases:
         known = ", ".join(sorted(DATASET_PHRASES))
         raise ValueError(
             f"unknown data set {data_name!r}; known: {known}. Register a new one with "
-            "dealrec.prompts.register_dataset(name, instruction, input_prefix)."
+            "dealrec.data.prompts.register_dataset(name, instruction, input_prefix)."
         ) from None
 
 
