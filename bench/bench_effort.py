@@ -42,8 +42,9 @@ def _precision(mode: str) -> str:
 
 
 def model_for(mode: str, base: EffortConfig) -> EffortModel:
-    """``old``: the padded path of before issue 11; a mode ending in ``:autograd`` keeps the loss
-    head's gradient on autograd (as before the fused head), to show what the fused head saves."""
+    """``old``: the padded path (every prompt computed whole, no shared-prefix reuse); a mode ending
+    in ``:autograd`` takes the loss head's gradient from autograd instead of the fused head, to
+    show what the fused head saves."""
     cfg = dataclasses.replace(base, prefix_reuse=mode != "old", precision=_precision(mode))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,6 +1,6 @@
 """The LLM stages on real Games data, old path vs new path in one process (not a test).
 
-    python bench/bench_llm.py [--stages effort,lora,gen,titles] [--json docs/bench/llm.json]
+    python bench/bench_llm.py [--stages effort,lora,gen,titles] [--json records/bench/llm.json]
 
 - ``effort``: prompts/s and tokens/s of today's batched exact path (``old``), the shared-prefix
   path (fp32, exact) and its bf16 mode; ratios to ``old`` (agreement on ≥ 1,000 prompts:

@@ -21,9 +21,10 @@ DEALRec selects, and does it matter?
    influence-only coverage selection (λ 0, ``--n_all`` 1,024) among all users; random
    selections and same-surrogate reruns as references.
 4. ``signal``: a fresh SASRec trained on each selection only, evaluated on all test users — the
-   reproduction study's second signal (:meth:`dealrec.study.runner.Study.sasrec_run`), for each
+   reproduction study's second signal (:func:`dealrec.study.signals.sasrec_run`), for each
    surrogate's selections, a random selection and (DEALRec) all N candidates.
-5. ``report``: ``<out>/{accuracy,agreement,selections,signal}.json`` and ``<out>/REPORT.md``.
+5. ``report``: ``<out>/{accuracy,agreement,selections,signal}.json`` (``records/surrogates``) and
+   ``--report`` (``docs/surrogates/REPORT.md``).
 
 Every stage is cached (``--work``), so a rerun only reports. Run with ``OMP_NUM_THREADS=1`` on a
 shared machine.
@@ -59,7 +60,9 @@ from dealrec.prune.pipeline import (  # noqa: E402
     surrogate_file,
 )
 from dealrec.select import ScoreSet, run_strategy  # noqa: E402
-from dealrec.study.runner import Study, StudyConfig  # noqa: E402
+from dealrec.study.config import StudyConfig  # noqa: E402
+from dealrec.study.runner import Study  # noqa: E402
+from dealrec.study.signals import sasrec_run  # noqa: E402
 from dealrec.surrogate import surrogate_spec  # noqa: E402
 from dealrec.surrogate.trainer import eval_sets  # noqa: E402
 
@@ -87,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--k", type=int, default=50)
     a("--sasrec_seeds", type=int, nargs="+", default=[0, 1])
     a("--work", default=str(REPO / "results" / "surrogates"))
-    a("--out", default=str(REPO / "docs" / "surrogates"))
+    a("--out", default=str(REPO / "records" / "surrogates"), help="the JSON figures")
+    a("--report", default=str(REPO / "docs" / "surrogates" / "REPORT.md"), help="the Markdown report")
     a("--threads", type=int, default=1)
     a("--only", choices=("train", "influence", "select", "signal", "report", "all"), default="all")
     return p.parse_args(argv)
@@ -285,7 +289,7 @@ def signal(args, kind: str, selections: dict[str, list[int]], n: int, n_pool: in
         runs["all candidates"] = study.candidates
     out = {}
     for lab, users in runs.items():
-        rows = [study.sasrec_run(f"sel-{lab}", seed, users) for seed in args.sasrec_seeds]
+        rows = [sasrec_run(study, f"sel-{lab}", seed, users) for seed in args.sasrec_seeds]
         out[lab] = {"n_users": len(users), "runs": rows,
                     **{m: float(np.mean([r[m] for r in rows])) for m in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")},
                     **{f"{m} std": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0
@@ -403,8 +407,8 @@ def main(argv=None) -> int:
     write_json(out / "selections.json", selections)
     write_json(out / "signal.json", {"machine": machine, "sasrec": dataclasses.asdict(
         StudyConfig.flat(n=args.n).sasrec_config(0)), "rows": sig})
-    write_text(out / "REPORT.md", report(args, acc, pop, timing, agree, sig, machine))
-    LOG.info("wrote %s", out / "REPORT.md")
+    write_text(args.report, report(args, acc, pop, timing, agree, sig, machine))
+    LOG.info("wrote %s", args.report)
     return 0
 
 

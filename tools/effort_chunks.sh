@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Carry the resumable effort stage of a long run between sittings (and machines) through git.
+# Carry the resumable effort stage of a long run between sessions (and machines) through git.
 #
-#   bash tools/effort_chunks.sh save    [data_name] [target]  # code/prune/scores/<data>/ -> docs/effort/<data>/
-#   bash tools/effort_chunks.sh restore [data_name] [target]  # docs/effort/<data>/ -> code/prune/scores/<data>/
+#   bash tools/effort_chunks.sh save    [data_name] [target]  # code/prune/scores/<data>/ -> records/effort/<data>/
+#   bash tools/effort_chunks.sh restore [data_name] [target]  # records/effort/<data>/ -> code/prune/scores/<data>/
 #
 # target: the effort target (lora_B, the default: effort.*; base, for `prune.sh ... stable`: effort_base.*).
 # What travels: while the stage runs, <name>.chunks/ (key.json + one chunk_*.pt of 512 scores per
@@ -18,7 +18,7 @@ data="${2:-games}"
 target="${3:-lora_B}"
 case "$target" in lora_B) name=effort ;; *) name="effort_$target" ;; esac
 live="$ROOT/code/prune/scores/$data"
-kept="$ROOT/docs/effort/$data"
+kept="$ROOT/records/effort/$data"
 case "$what" in
     save)
         [[ -d "$live/$name.chunks" || -f "$live/$name.pt" ]] || { echo "effort_chunks: no $name under $live" >&2; exit 2; }

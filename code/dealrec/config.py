@@ -318,6 +318,15 @@ def get(cfg: Any, name: str) -> Any:
     return cur
 
 
+def check_minimums(cfg: Any, minimums: Sequence[tuple[str, float]], flags: Mapping[str, str] | None = None) -> None:
+    """Raise a ``ValueError`` naming the flag of the first setting of ``cfg`` below its minimum
+    (``flags`` maps a field to its command-line name where they differ)."""
+    for name, low in minimums:
+        value = getattr(cfg, name)
+        if value < low:
+            raise ValueError(f"--{(flags or {}).get(name, name)} must be ≥ {low}, got {value}")
+
+
 class FlatView:
     """Mixin: read a setting by its flat alias (``cfg.lamda`` = ``cfg.select.lamda``); the class
     names its alias table in ``_aliases`` (a callable returning it, to allow late definition)."""

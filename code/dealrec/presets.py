@@ -70,7 +70,7 @@ STUDY_PRESETS: dict[str, Preset] = {
         "finetune.train_on_inputs": True, "finetune.val_set_size": None, "finetune.eval_steps": 8,
         "generate.num_beams": 4, "generate.max_new_tokens": 64, "generate.batch_size": 64,
     },
-    # The study at the paper's scale with paired statistics (issue 15): every Games user is a
+    # The study at the paper's scale with paired statistics: every Games user is a
     # candidate, n = 1024, DEALRec and its seed-stable variant against random and the ablations.
     # SASRec (cheap) on all test users with 5 seeds; the LLM on 2,000 fixed test users with 3
     # seeds, with the cpu preset's LoRA recipe (response-only loss, lr 2e-3, 2 epochs of batches
@@ -79,7 +79,7 @@ STUDY_PRESETS: dict[str, Preset] = {
     # pruning CLI's effort default, so effort scores computed by prune.py can be reused). LoRA
     # runs under bf16 autocast where the CPU has native bf16 (1.7x, loss within seed noise; fp32
     # elsewhere, and the run's key says which ran); greedy batches of 32 (the fastest measured on
-    # 2 cores, docs/bench/gen_greedy_batches.json).
+    # 2 cores, records/bench/gen_greedy_batches.json).
     "full": {
         "prune.select.n_fewshot": 1024, "strategies": FULL_STRATEGIES, "seeds": (0, 1, 2),
         "sasrec_seeds": (0, 1, 2, 3, 4), "reference_seeds": (0,), "prune.max_users": None, "test_users": 2000, "test_seed": 0,

@@ -204,9 +204,8 @@ def dataset_dir(data_dir: str | Path, data_name: str) -> Path:
     return Path(data_dir) / data_name
 
 
-def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True) -> RecData:
-    """Load and validate ``<data_dir>/<data_name>/``; every problem is a :class:`DataError`."""
-    root = dataset_dir(data_dir, data_name)
+def _check_folder(root: Path, data_name: str) -> None:
+    """The data set folder exists and holds every required file (the fix: where the files come from)."""
     if not root.is_dir():
         raise DataError(
             f"data set folder {root} does not exist. Put the authors' files under data/{data_name}/ "
@@ -218,6 +217,10 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
             f"{root}: missing {', '.join(missing)}. Copy the complete data set folder from the "
             "authors' release (see data/README.md)."
         )
+
+
+def _read_splits(root: Path) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """The train/valid/test sequences, one per user in each file, with at least one training item."""
     train = _read_sequences(root / "sequential_train.txt")
     valid = _read_sequences(root / "sequential_valid.txt")
     test = _read_sequences(root / "sequential_test.txt")
@@ -229,8 +232,12 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
 
     if not any(train):
         raise DataError(f"{root / 'sequential_train.txt'}: no user has a training item; check the file")
+    return train, valid, test
 
-    tpath = root / "title_maps.npy"
+
+def _read_titles(tpath: Path) -> dict[int, str]:
+    """``title_maps.npy``'s ``seqid2title`` as 1-based item id -> non-empty text (the LLM recommends
+    by title, so every title must be readable text)."""
     maps = load_pickled_npy(tpath)
     if not isinstance(maps, dict) or not isinstance(maps.get("seqid2title"), dict):
         raise DataError(f"{tpath}: expected a dict with a dict under key 'seqid2title' (seq id -> title)")
@@ -255,6 +262,11 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
     if not seqid2title or min(seqid2title) < 1:
         raise DataError(f"{tpath}: 'seqid2title' must map 1-based item ids to titles "
                         f"({'empty' if not seqid2title else f'found id {min(seqid2title)}'})")
+    return seqid2title
+
+
+def _catalogue_size(root: Path, seqid2title: dict[int, str]) -> int:
+    """The number of items: the largest titled id, or ``item_map.npy``'s length where that is larger."""
     n_items = max(seqid2title)
     item_map = root / "item_map.npy"
     if item_map.is_file():
@@ -262,7 +274,13 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
         if not hasattr(imap, "__len__"):
             raise DataError(f"{item_map}: expected a dict item -> id")
         n_items = max(n_items, len(imap))
-    for part in ("train", "valid", "test"):  # an item id beyond the catalogue: the sequence file is wrong
+    return n_items
+
+
+def _check_item_ids(root: Path, n_items: int, train: list[list[int]], valid: list[list[int]],
+                    test: list[list[int]]) -> None:
+    """Every item id of the sequences is in the catalogue; one beyond it means a wrong sequence file."""
+    for part in ("train", "valid", "test"):
         seqs = {"train": train, "valid": valid, "test": test}[part]
         for u, s in enumerate(seqs):
             if s and max(s) + 1 > n_items:
@@ -271,38 +289,57 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
                     f"({n_items} items in title_maps.npy); item ids are 1-based seq ids of title_maps.npy's "
                     "'seqid2title' (a file from another data set or corrupted?)"
                 )
+
+
+def _title_list(root: Path, seqid2title: dict[int, str], n_items: int) -> list[str]:
+    """The titles of items 0 … ``n_items`` - 1 (0-based); every item must have one."""
     missing_titles = [i for i in range(1, n_items + 1) if i not in seqid2title]
     if missing_titles:
         raise DataError(
             f"{root / 'title_maps.npy'}: {len(missing_titles)} item(s) without a title "
             f"(seq ids {missing_titles[:5]}...); every item id used must have an entry in 'seqid2title'."
         )
-    titles = [seqid2title[i] for i in range(1, n_items + 1)]
+    return [seqid2title[i] for i in range(1, n_items + 1)]
 
-    if check_dicts:
+
+def _check_dict_file(f: Path, part: str, seqs: list[list[int]]) -> None:
+    """The optional ``*_dict.npy`` form of a split (0-based user -> item list) holds the same
+    interactions as ``sequential_<part>.txt``: a mismatch means one of the two files is wrong."""
+    d = load_pickled_npy(f)
+    if not isinstance(d, dict):
+        raise DataError(f"{f}: expected a pickled dict user -> item list")
+    for u, items in d.items():
+        try:
+            u, items = int(u), [int(i) for i in items]
+        except (TypeError, ValueError):
+            raise DataError(f"{f}: entry {u!r} is not user -> list of item ids; re-export it from "
+                            f"sequential_{part}.txt") from None
+        if not 0 <= u < len(seqs) or items != seqs[u]:
+            raise DataError(
+                f"{f}: user {u} disagrees with sequential_{part}.txt; the text and dict forms "
+                "must hold the same interactions (re-export one from the other)."
+            )
+    n_nonempty = sum(1 for s in seqs if s)
+    n_dict = sum(1 for v in d.values() if len(v))
+    if n_dict != n_nonempty:
+        raise DataError(
+            f"{f}: {n_dict} users with items but sequential_{part}.txt has {n_nonempty}; "
+            "the text and dict forms must agree."
+        )
+
+
+def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True) -> RecData:
+    """Load and validate ``<data_dir>/<data_name>/``; every problem is a :class:`DataError`."""
+    root = dataset_dir(data_dir, data_name)
+    _check_folder(root, data_name)
+    train, valid, test = _read_splits(root)
+    seqid2title = _read_titles(root / "title_maps.npy")
+    n_items = _catalogue_size(root, seqid2title)
+    _check_item_ids(root, n_items, train, valid, test)
+    titles = _title_list(root, seqid2title, n_items)
+    if check_dicts:  # the dict files are optional: each one present is cross-checked
         for part, seqs in (("train", train), ("valid", valid), ("test", test)):
             f = root / DICT_FILES[part]
-            if not f.is_file():
-                continue
-            d = load_pickled_npy(f)
-            if not isinstance(d, dict):
-                raise DataError(f"{f}: expected a pickled dict user -> item list")
-            for u, items in d.items():
-                try:
-                    u, items = int(u), [int(i) for i in items]
-                except (TypeError, ValueError):
-                    raise DataError(f"{f}: entry {u!r} is not user -> list of item ids; re-export it from "
-                                    f"sequential_{part}.txt") from None
-                if not 0 <= u < len(seqs) or items != seqs[u]:
-                    raise DataError(
-                        f"{f}: user {u} disagrees with sequential_{part}.txt; the text and dict forms "
-                        "must hold the same interactions (re-export one from the other)."
-                    )
-            n_nonempty = sum(1 for s in seqs if s)
-            n_dict = sum(1 for v in d.values() if len(v))
-            if n_dict != n_nonempty:
-                raise DataError(
-                    f"{f}: {n_dict} users with items but sequential_{part}.txt has {n_nonempty}; "
-                    "the text and dict forms must agree."
-                )
+            if f.is_file():
+                _check_dict_file(f, part, seqs)
     return RecData(data_name, root, train, valid, test, titles)

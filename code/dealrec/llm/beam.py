@@ -133,6 +133,78 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
+@dataclass
+class _Beams:
+    """The beams of a batch of B prompts, K per prompt; token rows are [B, K, max_new_tokens]."""
+
+    running: torch.Tensor  # tokens of the live beams
+    running_scores: torch.Tensor  # [B, K] their summed log-probabilities
+    finished: torch.Tensor  # tokens of the best finished hypotheses, best first
+    finished_scores: torch.Tensor  # [B, K] their length-normalised scores
+    is_finished: torch.Tensor  # [B, K] whether a slot of ``finished`` holds a hypothesis
+    lengths: torch.Tensor  # [B, K] tokens in each finished hypothesis
+    improvable: torch.Tensor  # [B, 1] whether a live beam can still beat the worst finished one
+
+    @classmethod
+    def start(cls, b: int, k: int, max_new_tokens: int, pad_id: int, device: torch.device) -> _Beams:
+        """No finished hypothesis; only beam 0 is live at the first step (the others score ``NEG``)."""
+        running = torch.full((b, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        running_scores = torch.zeros((b, k), device=device)
+        running_scores[:, 1:] = NEG
+        return cls(
+            running=running,
+            running_scores=running_scores,
+            finished=running.clone(),
+            finished_scores=torch.full((b, k), NEG, device=device),
+            is_finished=torch.zeros((b, k), dtype=torch.bool, device=device),
+            lengths=torch.zeros((b, k), dtype=torch.long, device=device),
+            improvable=torch.ones((b, 1), dtype=torch.bool, device=device),
+        )
+
+
+def _extend(beams: _Beams, log_probs: torch.Tensor, t: int, keep: int, eos: torch.Tensor, max_new_tokens: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``t``: the ``keep`` best one-token extensions of the beams ([B, K, V] ``log_probs``); the
+    best K that did not stop (EOS or the last step) become the running beams.
+
+    Returns the candidates' scores, tokens rows and stop flags, and each running beam's source beam."""
+    b, k, v = log_probs.shape
+    scores = (log_probs + beams.running_scores[:, :, None]).reshape(b, k * v)
+    top_scores, top_idx = torch.topk(scores, keep)
+    src_beam, token = top_idx // v, top_idx % v
+    cand = _gather(beams.running, src_beam)
+    cand[:, :, t] = token
+    hits = torch.isin(token, eos) | (t + 1 >= max_new_tokens)
+
+    live_scores = top_scores + hits.float() * NEG
+    nxt = torch.topk(live_scores, k)[1]
+    beams.running = _gather(cand, nxt)
+    beams.running_scores = _gather(live_scores, nxt)
+    return top_scores, cand, hits, _gather(src_beam, nxt)
+
+
+def _collect_finished(beams: _Beams, top_scores: torch.Tensor, cand: torch.Tensor, hits: torch.Tensor, t: int,
+                      top_k_mask: torch.Tensor, length_penalty: float) -> None:
+    """Step ``t``: the stopped candidates among the top K join the finished hypotheses
+    (length-normalised, the best K kept), then transformers' early-stop heuristic
+    (``early_stopping=False``) marks the prompts whose best live beam can no longer win."""
+    k = beams.finished_scores.shape[1]
+    just_done = hits & top_k_mask[None, :]
+    fin = top_scores / ((t + 1) ** length_penalty)
+    fin = fin + (~beams.improvable).float() * NEG + (~just_done).float() * NEG
+    m_seq = torch.cat([beams.finished, cand], 1)
+    m_scores = torch.cat([beams.finished_scores, fin], 1)
+    m_done = torch.cat([beams.is_finished, just_done], 1)
+    m_len = torch.cat([beams.lengths, torch.full_like(fin, t + 1, dtype=torch.long)], 1)
+    best = torch.topk(m_scores, k)[1]
+    beams.finished, beams.finished_scores = _gather(m_seq, best), _gather(m_scores, best)
+    beams.is_finished, beams.lengths = _gather(m_done, best), _gather(m_len, best)
+
+    best_possible = beams.running_scores[:, :1] / ((t + 1) ** length_penalty)
+    worst_done = torch.where(beams.is_finished, beams.finished_scores.min(1, keepdim=True)[0], NEG)
+    beams.improvable = beams.improvable & (best_possible > worst_done).any(-1, keepdim=True)
+
+
 @torch.no_grad()
 def beam_search(
     model: Any,
@@ -160,17 +232,9 @@ def beam_search(
     b, k, v = len(seqs), num_beams, logits.shape[-1]
     keep = max(2, 1 + len(eos)) * k  # candidates per step, as transformers
     top_k_mask = torch.arange(keep, device=device) < k
-
-    running = torch.full((b, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished = running.clone()
-    running_scores = torch.zeros((b, k), device=device)
-    running_scores[:, 1:] = NEG  # only beam 0 is live at the first step
-    finished_scores = torch.full((b, k), NEG, device=device)
-    is_finished = torch.zeros((b, k), dtype=torch.bool, device=device)
-    lengths = torch.zeros((b, k), dtype=torch.long, device=device)  # tokens in each finished beam
-    improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
+    beams = _Beams.start(b, k, max_new_tokens, pad_id, device)
     ckw = cache_kwarg(model)
-    expanded = False
+    expanded = False  # whether cache, mask and positions have one row per beam (else one per prompt)
 
     for t in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -178,37 +242,9 @@ def beam_search(
             log_probs = log_probs[:, None, :].expand(b, k, v)
         else:
             log_probs = log_probs.view(b, k, v)
-        scores = (log_probs + running_scores[:, :, None]).reshape(b, k * v)
-        top_scores, top_idx = torch.topk(scores, keep)
-        src_beam, token = top_idx // v, top_idx % v
-        cand = _gather(running, src_beam)
-        cand[:, :, t] = token
-        hits = torch.isin(token, eos) | (t + 1 >= max_new_tokens)
-
-        # beams that go on: the best k candidates that did not stop
-        live_scores = top_scores + hits.float() * NEG
-        nxt = torch.topk(live_scores, k)[1]
-        running = _gather(cand, nxt)
-        running_scores = _gather(live_scores, nxt)
-        beam_src = _gather(src_beam, nxt)
-
-        # finished hypotheses: stopped candidates among the top k, length-normalised
-        just_done = hits & top_k_mask[None, :]
-        fin = top_scores / ((t + 1) ** length_penalty)
-        fin = fin + (~improvable).float() * NEG + (~just_done).float() * NEG
-        m_seq = torch.cat([finished, cand], 1)
-        m_scores = torch.cat([finished_scores, fin], 1)
-        m_done = torch.cat([is_finished, just_done], 1)
-        m_len = torch.cat([lengths, torch.full_like(fin, t + 1, dtype=torch.long)], 1)
-        best = torch.topk(m_scores, k)[1]
-        finished, finished_scores = _gather(m_seq, best), _gather(m_scores, best)
-        is_finished, lengths = _gather(m_done, best), _gather(m_len, best)
-
-        # transformers' early-stop heuristic (early_stopping=False)
-        best_possible = running_scores[:, :1] / ((t + 1) ** length_penalty)
-        worst_done = torch.where(is_finished, finished_scores.min(1, keepdim=True)[0], NEG)
-        improvable = improvable & (best_possible > worst_done).any(-1, keepdim=True)
-        if not bool(improvable.any()) or bool(hits.all()):
+        top_scores, cand, hits, beam_src = _extend(beams, log_probs, t, keep, eos, max_new_tokens)
+        _collect_finished(beams, top_scores, cand, hits, t, top_k_mask, length_penalty)
+        if not bool(beams.improvable.any()) or bool(hits.all()):
             break
 
         # next step: one token per live beam, on the cache of its source beam
@@ -219,10 +255,10 @@ def beam_search(
             expanded = True
         cache.reorder_cache(flat_src)
         mask = torch.cat([mask, torch.ones((b * k, 1), dtype=mask.dtype, device=device)], 1)
-        out = model(input_ids=running[:, :, t].reshape(b * k, 1), attention_mask=mask,
+        out = model(input_ids=beams.running[:, :, t].reshape(b * k, 1), attention_mask=mask,
                     position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1, **{ckw: cache})
         logits, cache = out.logits[:, -1].float(), output_cache(out)
         next_pos = next_pos + 1
 
-    best_len = lengths[:, 0].tolist()
-    return [finished[i, 0, : best_len[i]].tolist() for i in range(b)]
+    best_len = beams.lengths[:, 0].tolist()
+    return [beams.finished[i, 0, : best_len[i]].tolist() for i in range(b)]

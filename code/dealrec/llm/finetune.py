@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dealrec.config import check_minimums
 from dealrec.core import faults
 from dealrec.core.cache import cache_key, file_hash
 from dealrec.core.dist import dist_info
@@ -96,21 +97,17 @@ class FinetuneConfig:
     keep_checkpoints: bool = False
     overwrite: bool = False
     # CPU only: fp32, or bf16 autocast (a CPU with native bf16; LoRA weights and optimiser stay
-    # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16) as before.
+    # fp32); auto = TRAIN_AUTO. On a GPU the model's dtype decides (bf16/fp16).
     precision: str = "fp32"
     # labelled: the LM head runs only where a label is set (the same loss, less time: dealrec.llm.lm_loss);
     # all: the model's own forward (every position's logits)
     loss_positions: str = "labelled"
 
-    def validate(self) -> None:
-        """Fail before the model is loaded or anything is written, naming the argument."""
-        from dealrec.llm.model import check_model_folder
-
-        for name, low in (("batch_size", 1), ("micro_batch_size", 1), ("warmup_steps", 0), ("cutoff_len", 8),
-                          ("lora_r", 1), ("lora_alpha", 1), ("eval_steps", 1), ("early_stopping_patience", 0),
-                          ("logging_steps", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+    def check_settings(self) -> None:
+        """The numbers alone (no file is read): each setting in its range, naming the argument."""
+        check_minimums(self, (("batch_size", 1), ("micro_batch_size", 1), ("warmup_steps", 0), ("cutoff_len", 8),
+                              ("lora_r", 1), ("lora_alpha", 1), ("eval_steps", 1), ("early_stopping_patience", 0),
+                              ("logging_steps", 1)))
         if self.batch_size < self.micro_batch_size:
             raise ValueError(f"--batch_size {self.batch_size} must be ≥ --micro_batch_size {self.micro_batch_size}")
         if not self.num_epochs > 0:
@@ -126,6 +123,13 @@ class FinetuneConfig:
                 raise ValueError(f"--{name} must be -1 (off) or ≥ 1, got {getattr(self, name)}")
         if self.val_set_size is not None and self.val_set_size < 0:
             raise ValueError(f"--val_set_size must be ≥ 0, got {self.val_set_size}")
+
+    def validate(self) -> None:
+        """Fail before the model is loaded or anything is written, naming the argument: the
+        settings (:meth:`check_settings`), then the files and folders they name."""
+        from dealrec.llm.model import check_model_folder
+
+        self.check_settings()
         if self.quantization and not torch.cuda.is_available():
             raise ValueError(f"--quantization {self.quantization} needs a GPU (bitsandbytes); use none on the CPU")
         if Path(self.output_dir).is_file():
@@ -138,15 +142,23 @@ class FinetuneConfig:
             check_adapter(self.resume_from_checkpoint, lora_config(self.lora_r, self.lora_alpha, self.lora_dropout,
                                                                    self.lora_target_modules))
 
-    def key(self) -> dict[str, Any]:
-        """The parameters that determine the adapter (for the manifest and reuse)."""
+    def settings_key(self) -> dict[str, Any]:
+        """The settings that determine the adapter besides its data: every field but
+        :data:`NOT_IN_KEY`, the precision only where bf16 runs (what ran decides: an fp32 run's key
+        has no precision field), the model by its identity."""
         d = asdict(self)
         for k in NOT_IN_KEY:
             d.pop(k)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if cpu_precision(self.precision, device, "--train_precision", auto=TRAIN_AUTO, warn=False) == "fp32":
-            d.pop("precision")  # what ran decides (and the keys of adapters made before the option stay)
+            d.pop("precision")
         d["base_model"] = model_id(self.base_model)
+        return d
+
+    def key(self) -> dict[str, Any]:
+        """The parameters that determine the adapter (for the manifest and reuse): the settings and
+        the hashes of the training and validation files."""
+        d = self.settings_key()
         d["train_hash"] = file_hash(self.train_file) if Path(self.train_file).is_file() else None
         d["val_hash"] = file_hash(self.val_file) if self.val_file and Path(self.val_file).is_file() else None
         return d
@@ -263,17 +275,25 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
         return _train(cfg)
 
 
-def _train(cfg: FinetuneConfig) -> FinetuneResult:
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
+@dataclass
+class _RunSetup:
+    """Process layout, device and precision of one fine-tuning run."""
 
-    out = Path(cfg.output_dir)
-    key = cfg.key()
-    if not cfg.overwrite and is_done(cfg):
-        LOG.info("%s: adapter with the same configuration exists, skipping training", out)
-        return FinetuneResult(out, read_json(out / MANIFEST))
+    world: int  # processes (torchrun)
+    local_rank: int
+    grad_acc: int  # gradient accumulation steps that give the effective batch
+    cuda: bool
+    device: torch.device
+    dtype: torch.dtype  # the dtype the base model is loaded in
+    cpu_bf16: bool  # bf16 autocast on the CPU (--train_precision)
 
+
+def _run_setup(cfg: FinetuneConfig) -> _RunSetup:
+    """Split the effective batch over processes and accumulation steps, pick device and precision.
+
+    The batch check needs the world size, so it runs here rather than in :meth:`FinetuneConfig.validate`;
+    an effective batch that cannot be met exactly is a warning, not an error."""
     _, world, local_rank = dist_info()
-    ddp = world > 1
     if cfg.micro_batch_size <= 0 or cfg.batch_size < cfg.micro_batch_size * world:
         raise ValueError(
             f"--batch_size {cfg.batch_size} must be at least --micro_batch_size {cfg.micro_batch_size} x "
@@ -289,14 +309,19 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     dtype = default_dtype(device)
     cpu_bf16 = cpu_precision(cfg.precision, device, "--train_precision", auto=TRAIN_AUTO) == "bf16"
-    seed_everything(cfg.seed)
-    lcfg = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    return _RunSetup(world, local_rank, grad_acc, cuda, device, dtype, cpu_bf16)
 
-    train_ex, val_ex = split_data(cfg)
+
+def _lora_model(cfg: FinetuneConfig, lcfg: Any, run: _RunSetup) -> tuple[Any, Any]:
+    """The tokenizer (right padding: positions start at 0 for every example) and the base model with
+    trainable LoRA layers, warm-started from ``resume_from_checkpoint`` when given.
+
+    The warm-start adapter is checked against the LoRA settings before the base model is loaded;
+    a quantized model is prepared for k-bit training (gradient checkpointing) first."""
     tokenizer = load_tokenizer(cfg.base_model, padding_side="right")
     if cfg.resume_from_checkpoint:
         check_adapter(cfg.resume_from_checkpoint, lcfg)
-    model = load_base_model(cfg.base_model, device, dtype=dtype, quantization=cfg.quantization)
+    model = load_base_model(cfg.base_model, run.device, dtype=run.dtype, quantization=cfg.quantization)
     align_special_tokens(model, tokenizer)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
@@ -305,23 +330,44 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     model = add_lora(model, lcfg, cfg.resume_from_checkpoint, trainable=True)
-    model.config.use_cache = False
-    if local_rank == 0:
+    model.config.use_cache = False  # training needs no KV cache
+    if run.local_rank == 0:
         model.print_trainable_parameters()
+    return model, tokenizer
 
+
+def _datasets(cfg: FinetuneConfig, train_ex: list[dict[str, Any]], val_ex: list[dict[str, Any]], tokenizer: Any
+              ) -> tuple[TokenizedDataset, TokenizedDataset | None, bool]:
+    """The tokenized training and validation sets, and whether there is a validation set to evaluate on
+    (without one, evaluation and early stopping are off)."""
     train_ds = TokenizedDataset(train_ex, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
     val_ds = TokenizedDataset(val_ex, tokenizer, cfg.cutoff_len, cfg.train_on_inputs) if val_ex else None
     has_eval = val_ds is not None and len(val_ds) > 0
     if not has_eval:
         LOG.warning("no validation examples: training without evaluation or early stopping")
-    steps_per_epoch = math.ceil(len(train_ds) / (cfg.micro_batch_size * grad_acc * world))
+    return train_ds, val_ds, has_eval
+
+
+def _eval_steps(cfg: FinetuneConfig, run: _RunSetup, train_ds: TokenizedDataset, val_ds: TokenizedDataset | None
+                ) -> int:
+    """Log the training plan (examples, steps, device, precision) and return the evaluation interval,
+    at most the total number of optimiser steps so that a short run is still evaluated."""
+    steps_per_epoch = math.ceil(len(train_ds) / (cfg.micro_batch_size * run.grad_acc * run.world))
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_epochs)
-    eval_steps = max(1, min(cfg.eval_steps, total))
     LOG.info(
         "training on %d examples (%d validation), %d step(s)/epoch, %d step(s), accumulation %d, %s %s",
-        len(train_ds), len(val_ds or []), steps_per_epoch, total, grad_acc, device,
-        "fp32 weights, bf16 autocast" if cpu_bf16 else dtype,
+        len(train_ds), len(val_ds or []), steps_per_epoch, total, run.grad_acc, run.device,
+        "fp32 weights, bf16 autocast" if run.cpu_bf16 else run.dtype,
     )
+    return max(1, min(cfg.eval_steps, total))
+
+
+def _training_args(cfg: FinetuneConfig, run: _RunSetup, out: Path, has_eval: bool, eval_steps: int) -> Any:
+    """The Trainer's arguments: the original's recipe, checkpoints under ``out/checkpoints``.
+
+    With a validation set the Trainer evaluates and saves every ``eval_steps`` and keeps the best
+    checkpoint by validation loss (loaded at the end); without one it neither evaluates nor saves."""
+    from transformers import TrainingArguments
 
     eval_kwargs: dict[str, Any] = (
         {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps,
@@ -330,21 +376,21 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         if has_eval
         else {"eval_strategy": "no", "save_strategy": "no"}
     )
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=grad_acc,
+        gradient_accumulation_steps=run.grad_acc,
         warmup_steps=cfg.warmup_steps,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        bf16=(cuda and dtype == torch.bfloat16) or cpu_bf16,
-        fp16=cuda and dtype == torch.float16,
-        use_cpu=not cuda,
+        bf16=(run.cuda and run.dtype == torch.bfloat16) or run.cpu_bf16,
+        fp16=run.cuda and run.dtype == torch.float16,
+        use_cpu=not run.cuda,
         logging_steps=cfg.logging_steps,
         optim="adamw_torch",
-        ddp_find_unused_parameters=False if ddp else None,
+        ddp_find_unused_parameters=False if run.world > 1 else None,
         report_to="none",
         seed=cfg.seed,
         dataloader_num_workers=0,
@@ -353,24 +399,105 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         **_sampling_kwargs(cfg.group_by_length),
         **eval_kwargs,
     )
+
+
+def _callbacks(cfg: FinetuneConfig, has_eval: bool) -> list[Any]:
+    """Early stopping on the validation loss (when there is a validation set) and the kill-point steps."""
+    from transformers import EarlyStoppingCallback
+
     callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if has_eval else []
     callbacks.append(_fault_steps())
+    return callbacks
+
+
+def _remove_interrupted_checkpoints(out: Path, local_rank: int) -> None:
+    """Delete the Trainer checkpoints that a killed run left in ``out/checkpoints``: this run starts
+    afresh, so they must not become its "best" checkpoint."""
     if local_rank == 0 and (trainer_checkpoints := sorted((out / "checkpoints").glob("checkpoint-*"))):
-        # left by a killed run: this run starts afresh, so they must not become its "best" checkpoint
         LOG.info("removing %d checkpoint(s) of an interrupted run in %s", len(trainer_checkpoints), out / "checkpoints")
         for c in trainer_checkpoints:
             shutil.rmtree(c, ignore_errors=True)
+
+
+def _use_labelled_head(cfg: FinetuneConfig, model: Any, collator: Any, train_ds: TokenizedDataset,
+                       device: torch.device) -> bool:
+    """Whether the LM head runs on the labelled positions only (``--loss_positions labelled``).
+
+    The first training batch must give the model's own loss through the labelled head
+    (:func:`dealrec.llm.lm_loss.check_labelled_head`); where it does not, the model's forward is used."""
+    if cfg.loss_positions != "labelled":
+        return False
+    first = collator([train_ds[i] for i in range(min(cfg.micro_batch_size, len(train_ds)))])
+    why = check_labelled_head(model, {k: v.to(device) for k, v in first.items()},
+                              rtol=1e-4 if model.get_output_embeddings().weight.dtype == torch.float32 else 1e-2)
+    if why is not None:
+        LOG.warning("--loss_positions labelled: not for this model (%s); its own forward computes the loss", why)
+        return False
+    return True
+
+
+def _manifest(cfg: FinetuneConfig, key: dict[str, Any], run: _RunSetup, trainer: Any, result: Any, seconds: float,
+              n_train: int, n_val: int, labelled: bool) -> dict[str, Any]:
+    """What the run was (key, configuration, data sizes, precision) and what it gave (steps, losses,
+    best checkpoint, time, the Trainer's log)."""
+    return {
+        "key": cache_key(key),
+        "config": asdict(cfg),
+        "params": key,
+        "n_train": n_train,
+        "n_val": n_val,
+        "world_size": run.world,
+        "gradient_accumulation_steps": run.grad_acc,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "seconds": round(seconds, 1),
+        "precision_ran": "bf16 autocast" if run.cpu_bf16 else str(run.dtype).replace("torch.", ""),
+        "loss_positions_ran": "labelled" if labelled else "all",
+        "log_history": trainer.state.log_history,
+    }
+
+
+def _save_run(cfg: FinetuneConfig, out: Path, trainer: Any, model: Any, manifest: dict[str, Any],
+              seconds: float) -> None:
+    """On the main process: the adapter into ``out``, then the manifest (a folder with a manifest is
+    complete), then the Trainer checkpoints are removed unless ``keep_checkpoints``."""
+    if not trainer.is_world_process_zero():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _save_adapter(model, out)
+    write_json(out / MANIFEST, manifest)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    LOG.info("adapter saved to %s (%d steps, %.0f s)", out, trainer.state.global_step, seconds)
+
+
+def _train(cfg: FinetuneConfig) -> FinetuneResult:
+    """One fine-tuning run, skipped when ``output_dir`` holds an adapter of the same configuration."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    out = Path(cfg.output_dir)
+    key = cfg.key()
+    if not cfg.overwrite and is_done(cfg):
+        LOG.info("%s: adapter with the same configuration exists, skipping training", out)
+        return FinetuneResult(out, read_json(out / MANIFEST))
+
+    run = _run_setup(cfg)
+    seed_everything(cfg.seed)
+    lcfg = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    train_ex, val_ex = split_data(cfg)
+    model, tokenizer = _lora_model(cfg, lcfg, run)
+    train_ds, val_ds, has_eval = _datasets(cfg, train_ex, val_ex, tokenizer)
+    eval_steps = _eval_steps(cfg, run, train_ds, val_ds)
+
+    args = _training_args(cfg, run, out, has_eval, eval_steps)
+    callbacks = _callbacks(cfg, has_eval)
+    _remove_interrupted_checkpoints(out, run.local_rank)
     collator = DataCollatorForSeq2Seq(
         tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=-100
     )
-    labelled = cfg.loss_positions == "labelled"
-    if labelled:
-        first = collator([train_ds[i] for i in range(min(cfg.micro_batch_size, len(train_ds)))])
-        why = check_labelled_head(model, {k: v.to(device) for k, v in first.items()},
-                                  rtol=1e-4 if model.get_output_embeddings().weight.dtype == torch.float32 else 1e-2)
-        if why is not None:
-            LOG.warning("--loss_positions labelled: not for this model (%s); its own forward computes the loss", why)
-            labelled = False
+    labelled = _use_labelled_head(cfg, model, collator, train_ds, run.device)
     trainer = Trainer(
         model=model,
         args=args,
@@ -384,29 +511,6 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         result = trainer.train()
     model = trainer.model
     model.eval()
-    history = trainer.state.log_history
-    manifest = {
-        "key": cache_key(key),
-        "config": asdict(cfg),
-        "params": key,
-        "n_train": len(train_ds),
-        "n_val": len(val_ds or []),
-        "world_size": world,
-        "gradient_accumulation_steps": grad_acc,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": trainer.state.best_metric,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "seconds": round(t.seconds, 1),
-        "precision_ran": "bf16 autocast" if cpu_bf16 else str(dtype).replace("torch.", ""),
-        "loss_positions_ran": "labelled" if labelled else "all",
-        "log_history": history,
-    }
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        _save_adapter(model, out)
-        write_json(out / MANIFEST, manifest)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        LOG.info("adapter saved to %s (%d steps, %.0f s)", out, trainer.state.global_step, t.seconds)
+    manifest = _manifest(cfg, key, run, trainer, result, t.seconds, len(train_ds), len(val_ds or []), labelled)
+    _save_run(cfg, out, trainer, model, manifest, t.seconds)
     return FinetuneResult(out, manifest, model, tokenizer)

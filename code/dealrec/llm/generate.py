@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dealrec.config import check_minimums
 from dealrec.core import faults
 from dealrec.core.cache import cache_key, cached, file_hash, manifest_path, write_manifest
 from dealrec.core.dist import init_distributed
@@ -212,6 +213,11 @@ def generate(
 # ------------------------------------------------------------------------------------------
 
 
+# Settings that change no generated text (where it goes, progress, throughput: the engine and
+# the batch size change only the float summation order): left out of the result's key.
+NOT_IN_KEY = ("result_file", "overwrite", "progress", "batch_size", "engine")
+
+
 @dataclass
 class InferenceConfig:
     test_file: str = ""  # required (the original's --test_data_path)
@@ -233,18 +239,21 @@ class InferenceConfig:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return cpu_precision(self.precision, device, "--gen_precision", auto=GEN_AUTO, warn=False)
 
-    def validate(self) -> None:
-        """Fail before the model is loaded or anything is written, naming the argument."""
-        from dealrec.llm.model import check_adapter_folder, check_model_folder
-
+    def check_settings(self) -> None:
+        """The numbers and names alone (no file is read): each setting in its range, naming the argument."""
         if self.engine not in GEN_ENGINES:
             raise ValueError(f"--gen_engine must be one of {GEN_ENGINES}, got {self.engine!r}")
         cpu_precision(self.precision, "cpu", "--gen_precision", warn=False)
-        for name, low in (("num_beams", 1), ("max_new_tokens", 1), ("batch_size", 1), ("cutoff_len", 8)):
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(self, name)}")
+        check_minimums(self, (("num_beams", 1), ("max_new_tokens", 1), ("batch_size", 1), ("cutoff_len", 8)))
         if self.max_test_users is not None and self.max_test_users < 1:
             raise ValueError(f"--max_test_users must be ≥ 1 (or omitted), got {self.max_test_users}")
+
+    def validate(self) -> None:
+        """Fail before the model is loaded or anything is written, naming the argument: the
+        settings (:meth:`check_settings`), then the files and folders they name."""
+        from dealrec.llm.model import check_adapter_folder, check_model_folder
+
+        self.check_settings()
         if Path(self.result_file).is_dir():
             raise ValueError(f"--result_json_data {self.result_file}: a folder; give the result file's path "
                              "(e.g. results/games/0_1024.json)")
@@ -253,17 +262,25 @@ class InferenceConfig:
         if self.lora_weights:
             check_adapter_folder(self.lora_weights, "--lora_weights")
 
-    def key(self) -> dict[str, Any]:
+    def settings_key(self) -> dict[str, Any]:
+        """The settings that determine the generations besides the test file and the adapter:
+        every field but :data:`NOT_IN_KEY`, the precision only where bf16 runs (an fp32 run's key
+        has no precision field), the model by its identity."""
         from dealrec.llm.model import model_id
 
         d = asdict(self)
-        # the engine, like the batch size, changes only the float summation order
-        for k in ("result_file", "overwrite", "progress", "batch_size", "engine"):
+        for k in NOT_IN_KEY:
             d.pop(k)
-        if self.resolved_precision() == "fp32":  # keys of results made before the option existed
+        if self.resolved_precision() == "fp32":
             d.pop("precision")
-        d["test_file"] = file_hash(self.test_file) if Path(self.test_file).is_file() else self.test_file
         d["base_model"] = model_id(self.base_model)
+        return d
+
+    def key(self) -> dict[str, Any]:
+        """The parameters that determine the result file: the settings and the hashes of the
+        test file and of the adapter's weights."""
+        d = self.settings_key()
+        d["test_file"] = file_hash(self.test_file) if Path(self.test_file).is_file() else self.test_file
         if self.lora_weights:
             w = Path(self.lora_weights) / "adapter_model.safetensors"
             d["lora_weights"] = file_hash(w) if w.is_file() else str(self.lora_weights)
@@ -331,6 +348,108 @@ def _load_model(cfg: InferenceConfig, device: torch.device) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _partial_manifest(result: Path) -> Path:
+    """The key file of the partial answers beside ``result``: they belong to the run with this key."""
+    return result.with_name(result.name + ".partial.json")
+
+
+def _reset_stale_partials(result: Path, key: dict[str, Any], overwrite: bool, rank: int) -> None:
+    """On rank 0: delete the partial answers of a run with other settings (or all with ``overwrite``)
+    and record this run's key, so that only answers of the same settings are reused."""
+    if rank != 0:
+        return
+    pmanifest = _partial_manifest(result)
+    stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or overwrite
+    if stale:
+        for f in _partial_files(result):
+            f.unlink()
+        write_json(pmanifest, {"key": cache_key(key), "params": key})
+
+
+def _shard(result: Path, n: int, rank: int, world: int) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """The answers already written (by any number of processes) and this rank's contiguous share
+    of the examples still to answer."""
+    done = _read_partials(result, n)
+    todo = [i for i in range(n) if i not in done]
+    shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
+    if rank == 0:
+        LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
+    return done, shard
+
+
+def _partial_saver(result: Path, rank: int, rows: list[dict[str, Any]], shard: list[int],
+                   new: list[dict[str, Any]]) -> Callable[[list[int], list[str]], None]:
+    """The ``on_batch`` of :func:`generate`: each batch's records go to ``new`` and are appended
+    (flushed and synced) to this rank's ``.partial-rank{r}.jsonl``, so a killed run keeps them."""
+    part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
+
+    def save(batch_idx: list[int], texts: list[str]) -> None:
+        recs = []
+        for j, text in zip(batch_idx, texts):
+            i = shard[j]
+            rec = {"idx": i, "predict": text, "output": rows[i]["output"],
+                   "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
+            recs.append(rec)
+        new.extend(recs)
+        try:
+            with open(part, "a", encoding="utf-8") as fh:
+                for rec in recs:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise OutputError(f"--result_json_data {result}: cannot append to {part.name} ({e.strerror}); free "
+                              "some space or choose a writable folder (the answers so far are kept)") from e
+        faults.step("generate")
+
+    return save
+
+
+def _gather_new(new: list[dict[str, Any]], world: int) -> list[Any]:
+    """The records answered in this run by every process (one list per rank)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [new]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, new)
+    return gathered
+
+
+def _merge(done: dict[int, dict[str, Any]], gathered: list[Any], n: int) -> list[dict[str, Any]]:
+    """The records of all ``n`` examples in test-file order: the answers read from the partial files
+    and this run's; an example answered twice in this run or not at all means broken sharding."""
+    merged = dict(done)
+    for part_recs in gathered:
+        for rec in part_recs:
+            if rec["idx"] in merged and rec["idx"] not in done:
+                raise RuntimeError(f"example {rec['idx']} answered twice; sharding is broken")
+            merged[rec["idx"]] = rec
+    missing = [i for i in range(n) if i not in merged]
+    if missing:
+        raise RuntimeError(f"{len(missing)} test examples without an answer (e.g. {missing[:5]})")
+    return [{k: merged[i][k] for k in RECORD_FIELDS} for i in range(n)]
+
+
+def _write_result(cfg: InferenceConfig, result: Path, key: dict[str, Any], records: list[dict[str, Any]],
+                  world: int, engine: str, precision: str) -> None:
+    """Write the result file and its manifest (with the test file's data set name), then delete the
+    partial answers, which the result file now holds."""
+    n = len(records)
+    data_name = None
+    tm = manifest_path(cfg.test_file)
+    if tm.is_file():
+        data_name = read_json(tm).get("data_name")
+    write_json(result, records)
+    write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg),
+                   engine_ran=engine, precision_ran=precision)
+    for f in _partial_files(result):
+        f.unlink()
+    _partial_manifest(result).unlink(missing_ok=True)
+    n_empty = sum(1 for r in records if not r["predict"])
+    LOG.info("wrote %s (%d answers, %d empty)", result, n, n_empty)
+
+
 def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None) -> list[dict[str, Any]] | None:
     """Answer every test example and write ``cfg.result_file``; returns the records on rank 0."""
     import torch.distributed as dist
@@ -351,75 +470,22 @@ def run_inference(cfg: InferenceConfig, model: Any = None, tokenizer: Any = None
         n = len(rows)
         if model is None or tokenizer is None:  # before any file is written: a model that fails to load leaves none
             model, tokenizer = _load_model(cfg, device)
-        pmanifest = result.with_name(result.name + ".partial.json")
-        if rank == 0:
-            stale = not pmanifest.is_file() or read_json(pmanifest).get("key") != cache_key(key) or cfg.overwrite
-            if stale:
-                for f in _partial_files(result):
-                    f.unlink()
-                write_json(pmanifest, {"key": cache_key(key), "params": key})
+        _reset_stale_partials(result, key, cfg.overwrite, rank)
         _barrier(world)
-        done = _read_partials(result, n)
-        todo = [i for i in range(n) if i not in done]
-        shard = todo[rank * len(todo) // world: (rank + 1) * len(todo) // world]
-        if rank == 0:
-            LOG.info("%d test examples: %d done before, %d to generate on %d process(es)", n, len(done), len(todo), world)
-        part = result.with_name(f"{result.name}.partial-rank{rank}.jsonl")
+        done, shard = _shard(result, n, rank, world)
         new: list[dict[str, Any]] = []
-
-        def save(batch_idx: list[int], texts: list[str]) -> None:
-            recs = []
-            for j, text in zip(batch_idx, texts):
-                i = shard[j]
-                rec = {"idx": i, "predict": text, "output": rows[i]["output"],
-                       "user": rows[i].get("user"), "target_ids": rows[i].get("target_ids")}
-                recs.append(rec)
-            new.extend(recs)
-            try:
-                with open(part, "a", encoding="utf-8") as fh:
-                    for rec in recs:
-                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as e:
-                raise OutputError(f"--result_json_data {result}: cannot append to {part.name} ({e.strerror}); free "
-                                  "some space or choose a writable folder (the answers so far are kept)") from e
-            faults.step("generate")
-
+        save = _partial_saver(result, rank, rows, shard, new)
         engine = resolve_engine(cfg.engine, model)
         precision = cpu_precision(cfg.precision, device, "--gen_precision", auto=GEN_AUTO) if engine == "fast" else "fp32"
         generate(
             model, tokenizer, [rows[i] for i in shard], cfg.num_beams, cfg.max_new_tokens, cfg.batch_size,
             cfg.cutoff_len, progress=cfg.progress and rank == 0, on_batch=save, engine=engine, precision=precision,
         )
-        gathered: list[Any] = [new]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, new)
+        gathered = _gather_new(new, world)
         records = None
         if rank == 0:
-            merged = dict(done)
-            for part_recs in gathered:
-                for rec in part_recs:
-                    if rec["idx"] in merged and rec["idx"] not in done:
-                        raise RuntimeError(f"example {rec['idx']} answered twice; sharding is broken")
-                    merged[rec["idx"]] = rec
-            missing = [i for i in range(n) if i not in merged]
-            if missing:
-                raise RuntimeError(f"{len(missing)} test examples without an answer (e.g. {missing[:5]})")
-            records = [{k: merged[i][k] for k in RECORD_FIELDS} for i in range(n)]
-            data_name = None
-            tm = manifest_path(cfg.test_file)
-            if tm.is_file():
-                data_name = read_json(tm).get("data_name")
-            write_json(result, records)
-            write_manifest(result, key, data_name=data_name, n=n, world_size=world, config=asdict(cfg),
-                           engine_ran=engine, precision_ran=precision)
-            for f in _partial_files(result):
-                f.unlink()
-            pmanifest.unlink(missing_ok=True)
-            n_empty = sum(1 for r in records if not r["predict"])
-            LOG.info("wrote %s (%d answers, %d empty)", result, n, n_empty)
+            records = _merge(done, gathered, n)
+            _write_result(cfg, result, key, records, world, engine, precision)
         _barrier(world)
         return records
     finally:

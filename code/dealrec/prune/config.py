@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dealrec.config import Alias, FlatView, from_flat, get, override
+from dealrec.config import Alias, FlatView, check_minimums, from_flat, get, override
 from dealrec.core.files import load_checked
 from dealrec.scores.effort import EffortConfig
 from dealrec.scores.influence import InfluenceConfig
@@ -118,16 +118,12 @@ class PruneConfig(FlatView):
                 raise ValueError(f"--{flag} {path}: no such file")
         _check_given_files(self)
         scfg = self.surrogate.config()  # raises on an unknown --surrogate_batching
-        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("eval_every", 0)):
-            if getattr(scfg, name) < low:
-                raise ValueError(f"--{name} must be ≥ {low}, got {getattr(scfg, name)}")
+        check_minimums(scfg, (("epochs", 1), ("batch_size", 1), ("patience", 0), ("eval_every", 0)))
         if not scfg.lr > 0:
             raise ValueError(f"--lr must be > 0, got {scfg.lr}")
         e = self.effort
-        for flag, value, low in (("cutoff_len", e.cutoff_len, 8), ("lora_r", e.lora_r, 1), ("lora_alpha", e.lora_alpha, 1),
-                                 ("effort_batch_tokens", e.max_batch_tokens, 1)):
-            if value < low:
-                raise ValueError(f"--{flag} must be ≥ {low}, got {value}")
+        check_minimums(e, (("cutoff_len", 8), ("lora_r", 1), ("lora_alpha", 1), ("max_batch_tokens", 1)),
+                       flags={"max_batch_tokens": "effort_batch_tokens"})
         uses_llm = self.stage == "effort" or (self.stage in ("all", "select")
                                               and "effort" in strategy_spec(sel.strategy).needs)
         if uses_llm and not self.effort_scores:

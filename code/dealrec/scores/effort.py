@@ -299,7 +299,7 @@ def effort_scores(
 
     Chunks are written atomically to ``chunk_dir``; a rerun with the same ``key`` skips the
     chunks already there. ``times_rank<r>.json`` there records each chunk's seconds and prompts
-    (:func:`chunk_timing` sums them over sittings). Under ``torchrun``/``accelerate launch`` rank r takes chunks r, r+W, …
+    (:func:`chunk_timing` sums them over runs that resume). Under ``torchrun``/``accelerate launch`` rank r takes chunks r, r+W, …
     and rank 0 assembles (all ranks return the full tensor after a barrier).
     """
     chunk_dir = Path(chunk_dir)
@@ -320,7 +320,7 @@ def effort_scores(
     n_todo = sum(sum(ex is not None for ex in examples[s:s + size]) for s in todo)
     bar = tqdm(total=n_todo, desc=f"effort (rank {rank})" if world > 1 else "effort", unit="prompt",
                disable=not progress, smoothing=0.05)
-    times_file = chunk_dir / f"times_rank{rank}.json"  # per chunk: seconds and prompts, across sittings
+    times_file = chunk_dir / f"times_rank{rank}.json"  # per chunk: seconds and prompts, across resumed runs
     times = read_json(times_file) if times_file.is_file() else {}
     with Timer() as t:
         n_done = 0
@@ -347,7 +347,7 @@ def effort_scores(
 
 
 def chunk_timing(chunk_dir: str | os.PathLike) -> dict[str, float]:
-    """Compute seconds and prompts of the timed chunks in ``chunk_dir`` (all ranks, every sitting
+    """Compute seconds and prompts of the timed chunks in ``chunk_dir`` (all ranks, every resumed run
     that ran them; chunks made before timings were kept are not counted)."""
     seconds = prompts = chunks = 0.0
     for f in Path(chunk_dir).glob("times_rank*.json"):

@@ -1,6 +1,6 @@
-"""The study's run records: the small, committed result files a later sitting resumes from.
+"""The study's run records: the small, committed result files a study resumes from.
 
-A record folder (``docs/study/<preset>/`` for a named preset) holds, per finished run, what the
+A record folder (``records/study/<preset>/`` for a named preset) holds, per finished run, what the
 report needs and nothing heavy:
 
 - ``selection/<strategy>_s<seed>.json`` — the selected user indices and the selection's summary;

@@ -1,6 +1,6 @@
 """The study's report: tables of mean ± std over seeds, the bar chart, and ``REPORT.md``.
 
-Pure rendering of the rows that :class:`dealrec.study.runner.Study` collected; nothing here runs a
+Pure rendering of the rows that :func:`dealrec.study.runner.collect` gathered; nothing here runs a
 stage. :func:`render_report` returns the Markdown, :func:`write_report` writes ``REPORT.md``,
 ``results.json`` and ``report.png``.
 """
@@ -36,7 +36,8 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
         "Full data": (0.0169, 0.0233, 0.0102, 0.0120),
     },
 }
-PAPER_NOTE = "BIGRec with LLaMA-7B, n = 1024, all test users, 4 GPUs (paper Table 2)"
+PAPER_N = 1024  # the paper's few-shot sample count in Table 2
+PAPER_NOTE = f"BIGRec with LLaMA-7B, n = {PAPER_N}, all test users, 4 GPUs (paper Table 2)"
 
 REFERENCE = "all candidates"  # SASRec trained on every candidate user (the full-data row)
 BASELINE = "random"  # what the paired table compares every strategy with
@@ -183,6 +184,7 @@ class StudyFacts:
     prune_seconds: dict[str, float]  # seconds of each pruning stage (from the score manifests)
     n_llm_test: int = 0  # the LLM signal's fixed test users
     pending: tuple[tuple[str, str, int], ...] | list[tuple[str, str, int]] = ()  # planned runs without a record
+    n_all_test: int = 0  # users with test items in the data set (0: unknown)
 
 
 def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]]) -> list[str]:
@@ -201,54 +203,51 @@ def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]
             *[f"| {s} | {seed} | {cells(llm.get((s, seed)))} | {cells(sas.get((s, seed)))} |" for s, seed in keys]]
 
 
-def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
-                 facts: StudyFacts, wall_seconds: float | None = None,
-                 per_user: dict[str, dict[str, dict[int, list[list[int]]]]] | None = None) -> Path:
-    """``REPORT.md``, ``results.json`` and ``report.png`` under ``out`` from the per-run rows of both
-    signals; ``cfg``: the :class:`dealrec.study.runner.StudyConfig` (its flat names and ``summary()``);
-    ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the paired table (:func:`paired_results`)."""
-    llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
-    seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
-    sas_seeds = {s: sum(1 for r in sas_rows if r["strategy"] == s) for s in sas_sum}
-    paired = {signal: paired_results(runs) for signal, runs in (per_user or {}).items()}
-    paper = PAPER_TABLE2.get(cfg.data_name)
-    n_candidates = facts.n_candidates
-    n_test = llm_rows[0]["n_users"] if llm_rows else facts.n_llm_test
-    ranked = llm_rows[0]["n_items_ranked"] if llm_rows else (cfg.max_items or facts.n_items)
-    n_sas_test = sas_rows[0]["n_test_users"] if sas_rows else "all"
-    prune_t = dict(facts.prune_seconds)
-    stage_rows = []
-    for s in cfg.strategies:
-        rs = [r for r in llm_rows if r["strategy"] == s]
-        sr = [r for r in sas_rows if r["strategy"] == s]
-        cells = [float(np.mean([r.get(k, math.nan) for r in rs])) if rs else math.nan
-                 for k in ("finetune", "generate", "ground")]
-        cells.append(float(np.mean([r["seconds"] for r in sr])) if sr else math.nan)
-        stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
-    total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
-    total += sum(r["seconds"] for r in sas_rows)
-    exact = {s: np.mean(v) for s in cfg.strategies
-             if (v := [r["exact_title_share"] for r in llm_rows if r["strategy"] == s])}
-    pending = list(facts.pending)
-    lines = [
+def _scale_note(cfg: Any, n_test: int | str, n_all_test: int) -> str:
+    """How the study's run differs in scale from the paper's Table 2 rows (from the settings)."""
+    parts = [f"the study's LLM is {model_id(cfg.base_model)}"]
+    if cfg.n != PAPER_N:
+        ratio = PAPER_N / cfg.n
+        parts.append(f"{ratio:.0f}× more samples" if ratio >= 1 else f"{1 / ratio:.0f}× fewer samples")
+    if isinstance(n_test, int) and n_test < n_all_test:
+        parts.append(f"all {n_all_test} test users instead of {n_test}")
+    return ", ".join(parts)
+
+
+def _header(cfg: Any, facts: StudyFacts) -> list[str]:
+    return [
         f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} "
         f"({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
-        f"LLM: {model_id(cfg.base_model)}. Candidates: {n_candidates} eligible users among the first "
+        f"LLM: {model_id(cfg.base_model)}. Candidates: {facts.n_candidates} eligible users among the first "
         f"{facts.pool_users} of {facts.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
         f"seeds {list(cfg.seeds)} (LLM) and {list(cfg.signal_seeds['sasrec'])} (SASRec); the seed drives the "
         "selection and the training.",
         "",
-        *_pending_section(pending),
+    ]
+
+
+def _signal_sections(cfg: Any, facts: StudyFacts, llm_rows: list[dict[str, Any]],
+                     sas_rows: list[dict[str, Any]]) -> list[str]:
+    """The mean ± std tables of both signals, with the paper's rows beside the LLM's."""
+    llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
+    seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
+    sas_seeds = {s: sum(1 for r in sas_rows if r["strategy"] == s) for s in sas_sum}
+    n_test = llm_rows[0]["n_users"] if llm_rows else facts.n_llm_test
+    ranked = llm_rows[0]["n_items_ranked"] if llm_rows else (cfg.max_items or facts.n_items)
+    n_sas_test = sas_rows[0]["n_test_users"] if sas_rows else "all"
+    exact = {s: np.mean(v) for s in cfg.strategies
+             if (v := [r["exact_title_share"] for r in llm_rows if r["strategy"] == s])}
+    return [
         "## Few-shot BIGRec (LLM signal)",
         "",
         f"{n_test} fixed test users (the same for every run), generations grounded among {ranked} items "
-        f"(L2, base-model last-token states). The paper's rows are {PAPER_NOTE}: a 50× larger model, "
-        "8× more samples and all test users, so compare the ordering of the rows, not the values.",
+        f"(L2, base-model last-token states). The paper's rows are {PAPER_NOTE}; "
+        f"{_scale_note(cfg, n_test, facts.n_all_test or n_test)}: compare the ordering of the rows, not the values.",
         "",
-        markdown_table(llm_sum, seeds, paper) if llm_rows else "No LLM run recorded yet.",
+        markdown_table(llm_sum, seeds, PAPER_TABLE2.get(cfg.data_name)) if llm_rows else "No LLM run recorded yet.",
         "",
         "Share of generations that are exactly a catalogue title: "
         + (", ".join(f"{s} {v:.2f}" for s, v in exact.items()) or "–") + ".",
@@ -258,10 +257,15 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         f"A fresh SASRec (the surrogate's recipe, {cfg.sasrec_epochs} epochs at most, early stopping on "
         f"validation) trained on the n selected users' sequences and evaluated on the full test set "
         f"({n_sas_test} users, all {facts.n_items} items). `{REFERENCE}` trains on "
-        f"every candidate ({n_candidates} users): the full-data reference.",
+        f"every candidate ({facts.n_candidates} users): the full-data reference.",
         "",
         markdown_table(sas_sum, sas_seeds) if sas_rows else "No SASRec run recorded yet.",
         "",
+    ]
+
+
+def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int | str) -> list[str]:
+    return [
         f"## Paired differences to {BASELINE}",
         "",
         f"Per seed, each test user's {' and '.join(PAIRED_METRICS)} under a strategy minus under `{BASELINE}` "
@@ -275,6 +279,28 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "",
         *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
         *_paired_section("SASRec on the selection", paired.get("sasrec", {}), n_sas_test),
+    ]
+
+
+def stage_seconds(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
+                  prune_t: dict[str, float]) -> tuple[list[str], float]:
+    """The table rows of mean seconds per stage and strategy, and the sum of all stage times."""
+    stage_rows = []
+    for s in cfg.strategies:
+        rs = [r for r in llm_rows if r["strategy"] == s]
+        sr = [r for r in sas_rows if r["strategy"] == s]
+        cells = [float(np.mean([r.get(k, math.nan) for r in rs])) if rs else math.nan
+                 for k in ("finetune", "generate", "ground")]
+        cells.append(float(np.mean([r["seconds"] for r in sr])) if sr else math.nan)
+        stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
+    total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
+    total += sum(r["seconds"] for r in sas_rows)
+    return stage_rows, total
+
+
+def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, float],
+                    wall_seconds: float | None) -> list[str]:
+    return [
         "## Wall-clock time per stage (seconds)",
         "",
         "Pruning (once, cached): " + (", ".join(f"{k} {v:.0f}" for k, v in prune_t.items()) or "–")
@@ -287,6 +313,23 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "",
         "Means over seeds; a stage reused from disk keeps the time of the run that made it.",
         "",
+    ]
+
+
+def render_report(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]], facts: StudyFacts,
+                  paired: dict[str, Any], wall_seconds: float | None = None) -> str:
+    """The Markdown of ``REPORT.md``: header, both signals' tables, the paired differences, the
+    stage times, every run, the configuration and the chart."""
+    n_test = llm_rows[0]["n_users"] if llm_rows else facts.n_llm_test
+    n_sas_test = sas_rows[0]["n_test_users"] if sas_rows else "all"
+    prune_t = dict(facts.prune_seconds)
+    stage_rows, total = stage_seconds(cfg, llm_rows, sas_rows, prune_t)
+    lines = [
+        *_header(cfg, facts),
+        *_pending_section(list(facts.pending)),
+        *_signal_sections(cfg, facts, llm_rows, sas_rows),
+        *_paired_sections(paired, n_test, n_sas_test),
+        *_timing_section(stage_rows, total, prune_t, wall_seconds),
         "## Per run",
         "",
         *_per_run_table(llm_rows, sas_rows),
@@ -300,18 +343,31 @@ def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: 
         "![results](report.png)",
         "",
     ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
+                 facts: StudyFacts, wall_seconds: float | None = None,
+                 per_user: dict[str, dict[str, dict[int, list[list[int]]]]] | None = None) -> Path:
+    """``REPORT.md`` (:func:`render_report`), ``results.json`` and ``report.png`` under ``out`` from
+    the per-run rows of both signals; ``cfg``: the :class:`dealrec.study.config.StudyConfig` (its
+    flat names and ``summary()``); ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the
+    paired table (:func:`paired_results`)."""
+    paired = {signal: paired_results(runs) for signal, runs in (per_user or {}).items()}
     path = out / "REPORT.md"
-    write_text(path, "\n".join(lines))
+    write_text(path, render_report(cfg, llm_rows, sas_rows, facts, paired, wall_seconds))
+    prune_t = dict(facts.prune_seconds)
     write_json(out / "results.json", {"config": cfg.summary(), "llm": llm_rows, "sasrec": sas_rows,
-                                      "pending": [list(r) for r in pending],
+                                      "pending": [list(r) for r in facts.pending],
                                       "paired": {"baseline": BASELINE, "metrics": list(PAIRED_METRICS),
                                                  "n_boot": N_BOOT, **paired},
-                                      "prune_seconds": prune_t, "stage_seconds_total": total,
+                                      "prune_seconds": prune_t,
+                                      "stage_seconds_total": stage_seconds(cfg, llm_rows, sas_rows, prune_t)[1],
                                       "wall_seconds": wall_seconds})
     try:
-        panels = {"few-shot BIGRec (LLM)": llm_sum, "SASRec on the selection": sas_sum}
-        plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, seeds: {len(cfg.seeds)} LLM, "
-                    f"{len(cfg.signal_seeds['sasrec'])} SASRec")
+        panels = {"few-shot BIGRec (LLM)": summarize(llm_rows), "SASRec on the selection": summarize(sas_rows)}
+        plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, "
+                    f"seeds: {len(cfg.seeds)} LLM, {len(cfg.signal_seeds['sasrec'])} SASRec")
     except Exception as e:  # noqa: BLE001 - the chart must never lose the report
         LOG.warning("could not draw report.png: %s", e)
     LOG.info("report: %s", path)
