@@ -2,16 +2,25 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo reproduce
+.PHONY: setup test test-fast lint shape demo reproduce
 
 setup:
 	bash tools/setup.sh
 
+# The full suite (CI runs it).
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Everything but the tests marked slow (those that load the embedded LLM or run a pipeline end to end).
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
 lint: setup
-	$(PY) -m ruff check code tests bench
+	$(PY) -m ruff check code tests bench tools
+
+# Function and class lengths, the top level of the package, import directions.
+shape: setup
+	$(PY) tools/code_shape.py
 
 demo: setup
 	bash tools/demo.sh

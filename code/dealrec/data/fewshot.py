@@ -28,6 +28,7 @@ from dealrec.core.cache import cache_key, cached, manifest_path, write_manifest
 from dealrec.core.files import check_writable, load_checked, read_json, write_json
 from dealrec.core.locking import output_lock
 from dealrec.core.logs import LOG
+from dealrec.core.model_id import model_id
 from dealrec.data.dataset import DataError, RecData
 from dealrec.data.prompts import build_example, clean_title
 
@@ -204,7 +205,6 @@ def write_fewshot(
     file whose manifest key is unchanged is kept (``overwrite`` rewrites it). ``splits`` limits
     the files written (the paths of all three are returned).
     """
-    from dealrec.llm.model import model_id
 
     users = [int(u) for u in selected_users]
     n_label = len(users) if n_label is None else n_label
@@ -240,7 +240,6 @@ def write_fewshot(
 def _write_plans(data: RecData, plans: dict, paths: dict[str, Path], splits: Sequence[str], tokenizer: Any,
                  cutoff_len: int, n_label: Any, selection_file: Any, base_model: Any, overwrite: bool,
                  progress: bool) -> None:
-    from dealrec.llm.model import model_id
 
     for split, (key, split_users) in plans.items():
         if split not in splits:

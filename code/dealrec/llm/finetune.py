@@ -36,6 +36,7 @@ from dealrec.core.files import check_writable, read_json, read_json_checked, wri
 from dealrec.core.hardware import cpu_precision
 from dealrec.core.locking import output_lock
 from dealrec.core.logs import LOG, Timer
+from dealrec.core.model_id import model_id
 from dealrec.core.seeds import seed_everything
 from dealrec.data.prompts import tokenize_prompt
 from dealrec.llm.lm_loss import LOSS_POSITIONS, check_labelled_head, labelled_head
@@ -51,7 +52,6 @@ from dealrec.llm.model import (
     load_base_model,
     load_tokenizer,
     lora_config,
-    model_id,
 )
 
 MANIFEST = "finetune_manifest.json"

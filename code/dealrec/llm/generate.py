@@ -266,7 +266,7 @@ class InferenceConfig:
         """The settings that determine the generations besides the test file and the adapter:
         every field but :data:`NOT_IN_KEY`, the precision only where bf16 runs (an fp32 run's key
         has no precision field), the model by its identity."""
-        from dealrec.llm.model import model_id
+        from dealrec.core.model_id import model_id
 
         d = asdict(self)
         for k in NOT_IN_KEY:

@@ -222,7 +222,8 @@ def item_embeddings(
 
     Cache: ``<dealrec cache>/embeddings/{data}-{key}.pt`` with a manifest beside it.
     """
-    from dealrec.llm.model import cache_dir, default_dtype, load_base_model, load_tokenizer, model_id
+    from dealrec.core.model_id import model_id
+    from dealrec.llm.model import cache_dir, default_dtype, load_base_model, load_tokenizer
 
     ids = list(range(data.n_items)) if items is None else [int(i) for i in items]
     titles = [clean_title(data.titles[i]) for i in ids]
@@ -380,7 +381,8 @@ def evaluate_results(
 def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: RecData, base_model: Any,
               ks: list[int], batch_size: int, device: Any, max_items: int | None, model: Any, tokenizer: Any,
               progress: bool, write: bool, precision: str, layout: str) -> dict[str, Any]:
-    from dealrec.llm.model import load_base_model, load_tokenizer, model_id
+    from dealrec.core.model_id import model_id
+    from dealrec.llm.model import load_base_model, load_tokenizer
 
     if model is None or tokenizer is None:
         tokenizer = load_tokenizer(base_model)

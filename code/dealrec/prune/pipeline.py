@@ -28,9 +28,9 @@ from dealrec.core.dist import dist_info, init_distributed
 from dealrec.core.files import check_writable, load_checked, load_tensor, read_json, save_tensor, write_json
 from dealrec.core.locking import output_lock
 from dealrec.core.logs import LOG, Timer
+from dealrec.core.model_id import model_id
 from dealrec.data.dataset import DataError, RecData, load_dataset
 from dealrec.data.fewshot import build_examples
-from dealrec.llm.model import model_id
 from dealrec.prune.config import PRUNE_ALIASES, STAGES, PruneConfig, SurrogateSection
 from dealrec.scores.baselines import el2n_scores, grand_scores
 from dealrec.scores.effort import EffortModel, effort_scores

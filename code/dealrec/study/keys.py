@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any
 
 from dealrec.core.cache import cache_key
+from dealrec.core.model_id import model_id
 from dealrec.llm.ground import POOLING
-from dealrec.llm.model import model_id
 from dealrec.select import strategy_spec
 from dealrec.study.config import PER_RUN, StudyConfig
 from dealrec.study.records import users_key

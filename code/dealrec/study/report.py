@@ -21,7 +21,7 @@ import torch
 
 from dealrec.core.files import atomic_path, write_json, write_text
 from dealrec.core.logs import LOG
-from dealrec.llm.model import model_id
+from dealrec.core.model_id import model_id
 from dealrec.study.paired import metrics_from_ranks, paired_difference, verdict
 
 REPORT_KS = (10, 20)

@@ -39,10 +39,10 @@ from dealrec.core.files import check_writable, read_json, write_json
 from dealrec.core.hardware import cpu_precision
 from dealrec.core.locking import output_lock
 from dealrec.core.logs import LOG, Timer
+from dealrec.core.model_id import model_id
 from dealrec.data.dataset import load_dataset
 from dealrec.data.fewshot import build_examples
 from dealrec.llm.ground import GROUND_AUTO
-from dealrec.llm.model import model_id
 from dealrec.prune.pipeline import compute_scores, effort_file, eligible_mask, influence_file, surrogate_file
 from dealrec.select import ScoreSet, run_strategy, strategy_spec
 from dealrec.study import keys
