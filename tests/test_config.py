@@ -14,13 +14,11 @@ import torch
 
 from dealrec.config import Alias, from_flat, get, override, settings
 from dealrec.core.cache import cache_key
-from dealrec.core.dist import dist_info
-from dealrec.core.token_rows import pad_batch
 from dealrec.llm.finetune import FinetuneConfig
 from dealrec.prune import pipeline as prune_lib
 from dealrec.prune.pipeline import PRUNE_ALIASES, PruneConfig
 from dealrec.select import STRATEGIES, strategy_spec
-from dealrec.study.runner import StudyConfig
+from dealrec.study.config import StudyConfig
 from dealrec.surrogate import SurrogateConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +45,9 @@ def _prune_sh_argv(surrogate: str = "SASRec") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Cache keys and file names of the default command: computed with the code before the
-# configuration became nested (main at 98d1bb0), pinned here. The effort key is the one of the
-# committed chunks of the long Games effort run (docs/effort/games/effort.chunks/key.json).
+# Cache keys and file names of the default command, pinned: the layout of the configuration
+# classes must not change them (the caches already on disk stay valid). The effort key is the one
+# of the committed chunks of the long Games effort run (records/effort/games/effort.chunks/key.json).
 # --------------------------------------------------------------------------------------------
 
 PINNED = {
@@ -78,7 +76,7 @@ def test_default_command_keeps_its_cache_keys(prune_cli, monkeypatch, surrogate)
     files = (prune_lib.surrogate_file(cfg).name, prune_lib.influence_file(cfg).name, prune_lib.effort_file(cfg).name)
     assert files == pin["files"]
     assert cache_key(prune_lib.effort_key(cfg, data)) == PINNED_EFFORT
-    committed = REPO / "docs" / "effort" / "games" / "effort.chunks" / "key.json"
+    committed = REPO / "records" / "effort" / "games" / "effort.chunks" / "key.json"
     if committed.is_file():
         assert json.loads(committed.read_text())["key"] == PINNED_EFFORT
     stable = cfg.for_strategy("dealrec-stable")
@@ -86,8 +84,8 @@ def test_default_command_keeps_its_cache_keys(prune_cli, monkeypatch, surrogate)
         pin["files"][1].replace(".pt", "_expected.pt"), "effort_base.pt")
 
 
-def test_default_sections_are_the_old_flat_defaults():
-    """The values the flat PruneConfig used to pass to each stage."""
+def test_default_sections_hold_each_stage_default():
+    """Each section of PruneConfig (and FinetuneConfig) holds the stage's default values."""
     cfg = PruneConfig()
     assert cfg.surrogate.config() == SurrogateConfig()
     assert cfg.influence_config().params == ("item_encoder.layer.1.attention.dense.weight",)
@@ -182,7 +180,7 @@ def test_surrogate_architecture_from_the_command_line(prune_cli):
     model = prune_lib.build_surrogate(cfg.surrogate.name, 20, cfg.surrogate.config())
     assert model.item_embeddings.weight.shape == (21, 32) and len(model.item_encoder.layer) == 1
     assert model.cfg.initializer_range == 0.1
-    # set only at its default, a late field stays out of the key (earlier caches stay valid)
+    # set only at its default, a late field stays out of the key (caches keyed without it stay valid)
     assert "initializer_range" not in PruneConfig().surrogate.config().key()
     assert cfg.surrogate.config().key()["initializer_range"] == 0.1
 
@@ -301,28 +299,9 @@ def test_alias_table_targets_exist():
         assert isinstance(a, Alias) and all(t in known for t in a.targets), name
 
 
-def test_pad_batch_sides():
-    ids, mask = pad_batch([[1, 2, 3], [4]], 0, "left")
-    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    ids, mask = pad_batch([[1, 2, 3], [4]], 9, "right")
-    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    with pytest.raises(ValueError, match="side"):
-        pad_batch([[1]], 0, "top")
-
-
-def test_dist_info(monkeypatch):
-    monkeypatch.setenv("RANK", "2")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert dist_info() == (2, 4, 1) and not dist_info().main
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k)
-    assert dist_info() == (0, 1, 0) and dist_info().main
-
-
-def test_study_sections_are_the_old_flat_construction(tmp_path):
-    """StudyConfig's sections give the stage configurations the flat StudyConfig built by hand
-    (so the study's caches keep their keys)."""
+def test_study_sections_give_the_stage_configurations(tmp_path):
+    """StudyConfig's sections give each stage the configuration listed here, field by field (the
+    study's caches are keyed by these values)."""
     from dealrec.llm.generate import InferenceConfig
     from dealrec.scores.effort import EffortConfig
 
@@ -350,16 +329,12 @@ def test_prune_sh_forwards_stable_and_further_options(tmp_path):
     import subprocess
     import sys
 
-    log = f"test_config_{os.getpid()}"
-    proc = subprocess.run(["sh", str(REPO / "code" / "prune" / "prune.sh"), "games", "SASRec", "0.3", "50", log,
-                           "cpu", "stable", "--lamda", "-2", "--score_dir", str(tmp_path / "s")],
+    # an absolute log name: the log goes under tmp_path, not code/prune/logs/
+    proc = subprocess.run(["sh", str(REPO / "code" / "prune" / "prune.sh"), "games", "SASRec", "0.3", "50",
+                           str(tmp_path / "log"), "cpu", "stable", "--lamda", "-2", "--score_dir", str(tmp_path / "s")],
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
-    log_file = REPO / "code" / "prune" / "logs" / f"{log}.log"
-    try:
-        text = log_file.read_text()
-    finally:
-        log_file.unlink(missing_ok=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
+    text = (tmp_path / "log.log").read_text()
     assert "--lamda must be ≥ 0, got -2.0" in text and "--strategy dealrec-stable" in text
 
 

@@ -210,7 +210,7 @@ def test_item_without_title(tiny_dataset):
 
 
 def test_item_beyond_titles(tiny_dataset):
-    """An id beyond the catalogue is the sequence file's fault (issue 13), not title_maps.npy's."""
+    """An id beyond the catalogue is the sequence file's fault, not title_maps.npy's."""
     ds = tiny_dataset(dicts=False, item_map=False, train=[[0, 1, 2], [], [], [9], []])
     with pytest.raises(DataError, match=r"sequential_train.txt:4: item id 10 is beyond the catalogue \(8 items"):
         load_dataset(ds.data_dir, ds.name)

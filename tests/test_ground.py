@@ -144,7 +144,7 @@ def test_evaluate_end_to_end(model, tok, tmp_path, cache):
     write_json(result, rows)
     rep = evaluate_results(result, data, None, ks=(1, 2, 10), model=model, tokenizer=tok, progress=False)
     per_user = rep.pop("per_user")
-    assert rep == read_json(metrics_path(result))  # the metrics file is as before: no per-user data in it
+    assert rep == read_json(metrics_path(result))  # the metrics file holds the aggregate only: no per-user data
     assert per_user == read_json(hits_path(result)) and hits_path(result).name == "0_4.hits.json"
     assert per_user["users"] == [0, 1, 2] and per_user["ks"] == [1, 2, 10]
     # user 0: its target at rank 0; user 1: targets 2 and 4 (2 at rank 1, see below); 6 items: all ranked

@@ -1,4 +1,4 @@
-"""Every long stage survives a kill (issue 13, part 2).
+"""Every long stage survives a kill.
 
 Each stage is killed with SIGKILL at a point drawn from a seeded random generator
 (``DEALREC_KILL_SEED``, default 0): the run is started with ``DEALREC_FAULT_AFTER=<stage>:<n>``

@@ -1,4 +1,4 @@
-"""Bad inputs at every entry point (issue 13, part 1): each case runs the real script as a user
+"""Bad inputs at every entry point: each case runs the real script as a user
 would, with the expensive stages forbidden (``DEALREC_FAULT_FORBID``: reaching one exits 97), and
 checks a non-zero exit, exactly one error line naming the argument or file and the fix, no
 traceback, and that nothing was written into the output folder (no file, no temporary, no lock).

@@ -1,4 +1,4 @@
-"""Two runs on one output (issue 13, part 3): a lock beside each output folder or file.
+"""Two runs on one output: a lock beside each output folder or file.
 
 A helper process holds the lock of an output; every entry point started on that output stops at
 once (before any expensive stage) with "another run holds <output> (pid N, ...)", writes nothing,

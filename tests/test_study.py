@@ -14,9 +14,11 @@ import pytest
 
 from dealrec.core.files import read_json
 from dealrec.core.logs import logging_restored
+from dealrec.presets import STUDY_PRESETS as PRESETS
+from dealrec.study.config import StudyConfig
 from dealrec.study.paired import metrics_from_ranks
-from dealrec.study.report import REFERENCE, paired_results, paired_table
-from dealrec.study.runner import PRESETS, Study, StudyConfig, markdown_table, mean_std, summarize
+from dealrec.study.report import REFERENCE, markdown_table, mean_std, paired_results, paired_table, summarize
+from dealrec.study.runner import Study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,7 +179,7 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
                     assert r["seed_means"] == pytest.approx([means[x] - base[x] for x in sorted(base)], abs=1e-12)
         assert "## Paired differences to random" in report and "| dealrec-stable | NDCG@20 | 2 |" in report
 
-        # a later sitting on a fresh machine: every heavy cache (scores, adapters, generations) gone
+        # the same command on a fresh machine: every heavy cache (scores, adapters, generations) gone
         first = {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()}
         shutil.rmtree(out)
         assert cli.main(args) == 0
@@ -201,7 +203,7 @@ def test_tiny_study_end_to_end(tiny_dataset, games, one_thread, tmp_path):
         assert Study(cli.parse_args([*args, "--seeds", "0,1", "--signals", "sasrec"])[0]).pending() == []
         assert Study(cli.parse_args([*args, "--reference_seeds", "0,7"])[0]).pending() == [("sasrec", REFERENCE, 7)]
 
-        # a study spread over sittings: the report covers the recorded runs and names the missing ones
+        # a study run in parts: the report covers the recorded runs and names the missing ones
         (records / "llm" / "random_s0.json").unlink()
         (records / "sasrec" / "dealrec_s1.json").unlink()
         assert cli.main([*args, "--only", "report"]) == 0
@@ -220,15 +222,15 @@ def test_full_preset():
     assert cfg.n == 1024 and cfg.pool_users is None and cfg.test_users == 2000
     assert {"dealrec", "dealrec-stable", "random", "influence", "effort", "greedy"} <= set(cfg.strategies)
     assert len(cfg.seeds) >= 3 and len(cfg.signal_seeds["sasrec"]) >= 5 and set(cfg.seeds) <= set(cfg.sasrec_seeds)
-    assert cfg.records == Path("docs/study/full") and cfg.all_seeds == cfg.sasrec_seeds
-    assert cfg.reference == (0,) and StudyConfig.flat(sasrec_seeds=(3, 4)).reference == (3, 4)
+    assert cfg.record_folder == Path("records/study/full") and cfg.all_seeds == cfg.sasrec_seeds
+    assert cfg.reference_row_seeds == (0,) and StudyConfig.flat(sasrec_seeds=(3, 4)).reference_row_seeds == (3, 4)
     with pytest.raises(ValueError, match="--signals"):
         StudyConfig.flat(signals=("llm", "bert")).validate()
-    assert StudyConfig.flat(n=8).records == Path("results/games_8/records")
-    assert StudyConfig.flat(n=8, record_dir="/x").records == Path("/x")
+    assert StudyConfig.flat(n=8).record_folder == Path("results/games_8/records")
+    assert StudyConfig.flat(n=8, record_dir="/x").record_folder == Path("/x")
     cli = _load_cli()
     cfg, _ = cli.parse_args(["--preset", "full", "--test_users", "500"])
-    assert cfg.records == REPO / "docs" / "study" / "full" and cfg.test_users == 500
+    assert cfg.record_folder == REPO / "records" / "study" / "full" and cfg.test_users == 500
     for flag in ("--generate.result_file", "--result_file", "--finetune.output_dir", "--prune.score_dir"):
         with pytest.raises(SystemExit):  # set per run by the study: not an option
             cli.parse_args([flag, "x"])

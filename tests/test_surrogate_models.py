@@ -1,19 +1,20 @@
 """BERT4Rec and GRU4Rec beside SASRec: the registry entries, the models' padding invariance, the
-cloze samples and loss, exact length-split batches, influence scores (batched = per-sample loop,
-LiSSA/CG = dense solve), training on Games and checkpoints."""
+cloze samples and loss, padded batches for a surrogate that is not trim-exact, training on Games
+and checkpoints. Exact length-split batches of every surrogate: test_surrogate_batching.py; their
+influence scores: test_influence.py."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from _surrogates import MAX_LEN, N_ITEMS, make_train, tiny
 from torch import nn
 
 from dealrec.data.dataset import RecData
-from dealrec.scores.influence import InfluenceConfig, InfluenceProblem, influence_scores
+from dealrec.scores.influence import InfluenceConfig, InfluenceProblem
 from dealrec.surrogate import (
     NEXT_ITEM,
     SURROGATES,
@@ -35,23 +36,6 @@ from dealrec.surrogate.trainer import eval_sets, evaluate, train_surrogate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NEW = ("BERT4Rec", "GRU4Rec")
-N_ITEMS, MAX_LEN = 12, 10
-
-
-def tiny(name: str, seed: int = 0, n_items: int = N_ITEMS, **kw) -> nn.Module:
-    """A small random model in eval mode (dropout off), with non-trivial biases and norms."""
-    cfg = surrogate_spec(name).config(hidden_size=8, max_seq_length=MAX_LEN, seed=seed, dropout=0.0, **kw)
-    model = build_surrogate(name, n_items, cfg)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "LayerNorm" in pname or pname.endswith("bias"):
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-            elif "embeddings" in pname or pname == "mask_embedding":
-                p.mul_(15.0)  # initializer 0.02 -> 0.3: logits far from 0, a non-trivial loss surface
-    return model.eval()
-
 
 def padded_batch(lengths: list[int], width: int = MAX_LEN, n_items: int = N_ITEMS, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -60,16 +44,6 @@ def padded_batch(lengths: list[int], width: int = MAX_LEN, n_items: int = N_ITEM
         if n:
             ids[r, width - n:] = torch.randint(1, n_items + 1, (n,), generator=g)
     return ids
-
-
-def make_train(n_users: int = 40, n_items: int = N_ITEMS, seed: int = 0, longest: int = 14) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    train = [[], [3], [1, 2]]  # ineligible: lengths 0, 1, 2
-    while len(train) < n_users:
-        n = int(torch.randint(3, longest + 1, (1,), generator=g))
-        train.append(torch.randint(0, n_items, (n,), generator=g).tolist())
-    order = torch.randperm(n_users, generator=g).tolist()
-    return [train[i] for i in order]
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -233,81 +207,7 @@ def test_cloze_loss_is_full_softmax_cross_entropy():
             assert float(sums[u]) == pytest.approx(float(sum(terms)) if terms else 0.0, rel=1e-5, abs=1e-6)
 
 
-# -- exact length-split batches -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def games_rows(games):
-    """500 real Games rows of mixed lengths (1 to 50, and users without targets)."""
-    lengths = torch.tensor([max(len(s) - 2, 0) for s in games.train]).clamp(max=50)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(games.n_users, generator=g)[:450]
-    longest = (lengths == 50).nonzero(as_tuple=True)[0][:25]
-    empty = (lengths == 0).nonzero(as_tuple=True)[0][:25]
-    return games, torch.cat([idx, longest, empty])[torch.randperm(500, generator=g)]
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_split_batch_gradient_equals_padded_batch(games_rows, name):
-    games, idx = games_rows
-    model = build_surrogate(name, games.n_items, surrogate_spec(name).config(seed=5)).eval()  # dropout off
-    obj = objective_of(model)
-    samples, neg = obj.draw(obj.build_samples(games.train, games.n_items), torch.Generator().manual_seed(3))
-    batch = (samples.input_ids[idx], samples.target_pos[idx], neg[idx] if neg is not None else None)
-    lengths = (batch[0] > 0).sum(1)
-    assert lengths.max() == 50 and lengths.min() == 0
-    names, params = zip(*model.named_parameters())
-    padded = obj.batch_loss(model, *batch, split=False)
-    g_pad = torch.autograd.grad(padded, params)
-    for overhead in (0.0, 1024.0):
-        split = obj.batch_loss(model, *batch, split=True, overhead=overhead)
-        torch.testing.assert_close(split, padded, rtol=1e-6, atol=0)
-        g_split = torch.autograd.grad(split, params)
-        for n, a, b in zip(names, g_pad, g_split):
-            # key biases have an exact gradient of 0 (softmax is shift-invariant): float noise only
-            msg = f"{name} {n} (overhead {overhead})"
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()) + 1e-10, msg=msg)
-            assert float((b - a).norm()) <= 1e-5 * float(a.norm()) + 1e-10, msg
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_training_split_equals_padded_without_dropout(name):
-    g = torch.Generator().manual_seed(0)
-    n_items = 25
-    train = [torch.randint(0, n_items, (int(n),), generator=g).tolist() for n in torch.randint(0, 12, (40,), generator=g)]
-    data = RecData("t", None, train, [[1]] * 40, [[2]] * 40, [f"t{i}" for i in range(n_items)])
-    states = {}
-    for batching in ("split", "padded"):
-        cfg = surrogate_spec(name).config(epochs=3, eval_every=0, batch_size=16, lr=1e-2, hidden_size=8,
-                                          max_seq_length=10, dropout=0.0, ks=(5,), batching=batching,
-                                          bucket_overhead=2.0)
-        model = build_surrogate(name, n_items, cfg)
-        train_surrogate(model, data, cfg)
-        states[batching] = model.state_dict()
-    for k, v in states["padded"].items():
-        if k.endswith("attention.key.bias"):
-            # Its exact gradient is 0 (softmax is shift-invariant), so Adam turns float noise of
-            # ~1e-12 into steps of ~lr in either run: different values, no effect on the function.
-            continue
-        torch.testing.assert_close(states["split"][k], v, rtol=1e-4, atol=1e-6, msg=k)
-    outputs = []
-    for state in states.values():  # and the two functions are the same
-        model = build_surrogate(name, n_items, cfg)
-        model.load_state_dict(state)
-        with torch.no_grad():
-            outputs.append(model.eval()(build_samples(train, n_items, 10).input_ids))
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_trimmed_evaluation_equals_padded(games, name):
-    data = games.subset_users(2000)
-    model = build_surrogate(name, data.n_items, surrogate_spec(name).config(seed=1)).eval()
-    for ev in eval_sets(data):
-        a = evaluate(model, ev, (5, 10, 20), batch_size=300)
-        b = evaluate(model, ev, (5, 10, 20), batch_size=300, trim=False)
-        for m in ("Recall", "NDCG"):
-            assert a[m] == pytest.approx(b[m], rel=1e-6, abs=1e-9), m
+# -- a surrogate that is not trim-exact -------------------------------------------------------
 
 
 def test_a_surrogate_that_is_not_trim_exact_gets_padded_batches(monkeypatch):
@@ -347,148 +247,11 @@ def test_a_surrogate_that_is_not_trim_exact_gets_padded_batches(monkeypatch):
         SURROGATES.pop("PlainGRU", None)
 
 
-# -- influence ----------------------------------------------------------------------------------------
-
-# Parameters in which each per-sample loss is convex (LiSSA's setting, as in test_influence.py):
-# GRU4Rec's default ``dense.weight`` (logits are linear in it, BCE is convex in the logits) and
-# BERT4Rec's output layer norm (the output is affine in it, softmax CE is convex in the logits).
-CONVEX = {"GRU4Rec": ("dense.weight",), "BERT4Rec": ("output.LayerNorm.weight", "output.LayerNorm.bias")}
-CUSTOM = {
-    "GRU4Rec": ("gru.weight_hh_l0", "item_embeddings.weight"),  # through the recurrence (forward-mode AD of the GRU)
-    "BERT4Rec": ("mask_embedding", "item_encoder.layer.0.attention.query.weight", "output.dense.weight"),
-}
-
-
-@pytest.fixture(scope="module")
-def train_seqs():
-    return make_train()
-
-
-def problem(name: str, train: list[list[int]], model_seed: int = 0, **cfg) -> InfluenceProblem:
-    """The influence problem of a tiny random model (default: its registered parameters)."""
-    model = tiny(name, model_seed)
-    cfg.setdefault("params", surrogate_spec(name).influence_params)
-    return InfluenceProblem(model, objective_of(model).build_samples(train, N_ITEMS, MAX_LEN), InfluenceConfig(**cfg))
-
-
-def random_h(prob: InfluenceProblem, seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) for k, v in prob.params.items()}
-
-
-def flat(p: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([v.reshape(-1) for v in p.values()])
-
-
-def unflat(x: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for k, v in like.items():
-        out[k] = x[i: i + v.numel()].view_as(v)
-        i += v.numel()
-    return out
-
-
-def dense_hessian(prob: InfluenceProblem, idx: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.functional.hessian(lambda x: prob.mean_loss(unflat(x, prob.params), idx),
-                                             flat(prob.params)).double()
-
-
-@pytest.mark.parametrize("which", ["default", "custom"])
-@pytest.mark.parametrize("name", NEW)
-def test_scores_equal_per_sample_gradient_products(train_seqs, name, which):
-    params = surrogate_spec(name).influence_params if which == "default" else CUSTOM[name]
-    prob = problem(name, train_seqs, params=params, chunk_positions=64)
-    h = random_h(prob)
-    got = prob.scores(h)
-    n = len(prob.samples)
-    grads = prob.per_sample_grads(range(n), trim=False)  # one untrimmed backward pass per sample
-    want = sum((grads[k] * h[k][None]).reshape(n, -1).sum(1) for k in h)
-    lengths = torch.tensor([len(s) for s in train_seqs])
-    assert torch.equal(prob.eligible, lengths >= 3)
-    assert torch.count_nonzero(want) == int((lengths >= 3).sum()) and got[lengths < 3].eq(0).all()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_mean_gradient_is_the_mean_of_batch_loss_gradients(train_seqs, name):
-    """v with the problem's own draw (negatives, or cloze masks) = the mean of the training batches'
-    loss gradients, untrimmed, in user order."""
-    model = tiny(name, 0)
-    reference = copy.deepcopy(model)
-    params = (*surrogate_spec(name).influence_params, "item_embeddings.weight")
-    obj = objective_of(model)
-    prob = InfluenceProblem(model, obj.build_samples(train_seqs, N_ITEMS, MAX_LEN),
-                            InfluenceConfig(params=params, batch_size=7, chunk_positions=50))
-    got = prob.mean_gradient()
-    named = dict(reference.named_parameters())
-    s, grads = prob.samples, []
-    for start in range(0, len(s), 7):
-        b = slice(start, start + 7)
-        if not s.eligible[b].any():
-            continue
-        neg = prob.neg[b] if prob.neg is not None else None
-        loss = obj.batch_loss(reference, s.input_ids[b], s.target_pos[b], neg, split=False)
-        grads.append(torch.autograd.grad(loss, [named[k] for k in params]))
-    for i, k in enumerate(params):
-        torch.testing.assert_close(got[k], torch.stack([g[i] for g in grads]).mean(0), rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_hvp_equals_dense_hessian(train_seqs, name):
-    prob = problem(name, train_seqs)  # the registered parameter: 64 values at d = 8
-    h = random_h(prob)
-    elig = torch.arange(len(prob.samples))[prob.eligible]
-    for idx in (elig[:1], elig[:9], torch.arange(len(prob.samples))):
-        want = dense_hessian(prob, idx) @ flat(h).double()
-        torch.testing.assert_close(flat(prob.hvp(idx, h)).double(), want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
-
-
-def dense_solve(H: torch.Tensor, v: dict, scale: float, damp: float) -> np.ndarray:
-    A = H.numpy() / scale + damp * np.eye(H.shape[0])
-    return np.linalg.solve(A, flat(v).double().numpy())
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_lissa_and_cg_match_dense_solve(train_seqs, name):
-    """On parameters where every per-sample loss is convex: CG solves (H/scale + damp I) h = v to
-    1e-4, and LiSSA's average over 4 repeats of depth 500 comes within 5% (as for SASRec)."""
-    prob = problem(name, train_seqs, params=CONVEX[name])
-    elig = torch.arange(len(prob.samples))[prob.eligible]
-    H = dense_hessian(prob, elig)
-    per_sample = [dense_hessian(prob, i[None]) for i in elig]
-    assert all(float(torch.linalg.eigvalsh(x).min()) > -1e-6 for x in per_sample)  # PSD, as claimed
-    per_sample_max = max(float(torch.linalg.eigvalsh(x).max()) for x in per_sample)
-    v = prob.mean_gradient()
-    prob.cfg = InfluenceConfig(params=CONVEX[name], solver="cg", scale=2.0, damp=0.05, cg_tol=1e-10, cg_max_iter=300)
-    got = flat(prob.inverse_hvp(v)).double().numpy()
-    np.testing.assert_allclose(got, dense_solve(H, v, 2.0, 0.05), rtol=1e-4, atol=1e-5 * np.abs(got).max())
-    scale, damp = 20 * per_sample_max, 0.01
-    prob.cfg = InfluenceConfig(params=CONVEX[name], solver="lissa", scale=scale, damp=damp, recursion_depth=500,
-                               iteration=4, seed=3)
-    got = flat(prob.inverse_hvp(v)).double().numpy()
-    want = dense_solve(H, v, scale, damp)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
-    assert np.linalg.norm(flat(v).double().numpy() / damp - want) / np.linalg.norm(want) > 0.3  # H matters
-
-
-def test_cloze_influence_is_deterministic_per_seed(train_seqs):
-    """The masks are drawn once from the seed: the same seed gives the same scores, another seed
-    other masks and other scores; ``negatives`` does not apply to the cloze loss."""
-    s = objective_of(tiny("BERT4Rec")).build_samples(train_seqs, N_ITEMS, MAX_LEN)
-    kw = dict(recursion_depth=20, scale=50.0)
-    a = influence_scores(tiny("BERT4Rec"), s, InfluenceConfig(seed=0, **kw))
-    b = influence_scores(tiny("BERT4Rec"), s, InfluenceConfig(seed=0, **kw))
-    c = influence_scores(tiny("BERT4Rec"), s, InfluenceConfig(seed=1, **kw))
-    e = influence_scores(tiny("BERT4Rec"), s, InfluenceConfig(seed=0, negatives="expected", **kw))
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.scores, e.scores)
-    assert not torch.equal(a.scores, c.scores)
-    assert a.scores[~s.eligible].eq(0).all() and a.scores[s.eligible].ne(0).all()
-
-
 # -- training on Games and checkpoints ------------------------------------------------------------
 
-# Short runs on the first 3,000 Games users (402 validation users), as SASRec's test: 4 epochs.
-GAMES_RUNS = {"BERT4Rec": {}, "GRU4Rec": {}}  # their registered defaults (GRU4Rec: lr 3e-3)
+# Short runs on the first 3,000 Games users (402 validation users), as SASRec's test
+# (test_surrogate.py): 4 epochs, with their registered defaults (GRU4Rec: lr 3e-3).
+GAMES_RUNS = {"BERT4Rec": {}, "GRU4Rec": {}}
 
 
 @pytest.fixture(scope="module")
@@ -503,7 +266,7 @@ def trained_on_games(games, one_thread):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", list(GAMES_RUNS))
 def test_training_on_games_learns(trained_on_games, name):
     """The loss falls, and the kept model ranks far above chance and on a par with popularity (the
     same check as SASRec's; a 4-epoch run on 6% of the users mostly learns popularity first).
@@ -524,7 +287,7 @@ def test_training_on_games_learns(trained_on_games, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", list(GAMES_RUNS))
 def test_checkpoint_loads_back(trained_on_games, tmp_path, name):
     """A trained model's state_dict, saved and loaded (weights_only) into a fresh build, predicts the
     same; another surrogate's checkpoint is refused by the prune pipeline, naming the surrogate."""

@@ -37,7 +37,8 @@ def base_config() -> PruneConfig:
 def parser():
     p = build_parser(PruneConfig, ALIASES, PRUNE_PRESETS, base_config(), description=__doc__)
     p.add_argument("--out", default=None, help="also write the selection to this path")
-    p.add_argument("--log_name", default=None, help="log file name under code/prune/logs/")
+    p.add_argument("--log_name", default=None,
+                   help="the log file: a name under code/prune/logs/ (<name>.log), or a path (its folder is created)")
     p.add_argument("--write_prompts", default=None, help="also write the full-training prompt set as alpaca JSON to this file")
     return p
 
