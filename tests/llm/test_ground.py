@@ -24,7 +24,7 @@ from dealrec.llm.ground import (
 from dealrec.metrics import topk_metrics
 from dealrec.study.paired import metrics_from_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """BERT4Rec and GRU4Rec beside SASRec: the registry entries, the models' padding invariance, the
 cloze samples and loss, padded batches for a surrogate that is not trim-exact, training on Games
-and checkpoints. Exact length-split batches of every surrogate: test_surrogate_batching.py; their
-influence scores: test_influence.py."""
+and checkpoints. Exact length-split batches of every surrogate: surrogate/test_surrogate_batching.py; their
+influence scores: scores/test_influence.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from _surrogates import MAX_LEN, N_ITEMS, make_train, tiny
+from _surrogates import MAX_LEN, N_ITEMS, make_train, popularity_recall, tiny
 from torch import nn
 
 from dealrec.data.dataset import RecData
@@ -249,9 +249,9 @@ def test_a_surrogate_that_is_not_trim_exact_gets_padded_batches(monkeypatch):
 
 # -- training on Games and checkpoints ------------------------------------------------------------
 
-# Short runs on the first 3,000 Games users (402 validation users), as SASRec's test
-# (test_surrogate.py): 4 epochs, with their registered defaults (GRU4Rec: lr 3e-3).
-GAMES_RUNS = {"BERT4Rec": {}, "GRU4Rec": {}}
+# Short runs on the first 3,000 Games users (402 validation users): 4 epochs, evaluated at epochs
+# 1 and 3, with each surrogate's registered defaults (GRU4Rec: lr 3e-3; SASRec: hidden 16, lr 1e-2).
+GAMES_RUNS = {"SASRec": {"lr": 1e-2, "hidden_size": 16}, "BERT4Rec": {}, "GRU4Rec": {}}
 
 
 @pytest.fixture(scope="module")
@@ -268,22 +268,37 @@ def trained_on_games(games, one_thread):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(GAMES_RUNS))
 def test_training_on_games_learns(trained_on_games, name):
-    """The loss falls, and the kept model ranks far above chance and on a par with popularity (the
-    same check as SASRec's; a 4-epoch run on 6% of the users mostly learns popularity first).
-    Measured valid Recall@20 over init seeds 42, 0, 1, 2 (popularity 0.0358, threshold 0.0215):
-    BERT4Rec 0.031 / 0.025 / 0.032 / 0.032; GRU4Rec (lr 3e-3) 0.032 / 0.028 / 0.034 / 0.026."""
-    from test_surrogate import popularity_recall
-
+    """The loss falls, and the kept model ranks far above chance and on a par with the popularity
+    ranking (same users, train items masked): a 4-epoch run on 6% of the users learns mostly
+    popularity first, so the check is "close to it", not "above it". Measured valid Recall@20
+    (popularity 0.0358, threshold 0.0215): SASRec 0.027-0.035 over init seeds 0-2 (and 0.021-0.035
+    for hidden 32/64 and lr 1e-3..1e-2 after 2-16 epochs); over init seeds 42, 0, 1, 2 BERT4Rec
+    0.031 / 0.025 / 0.032 / 0.032 and GRU4Rec 0.032 / 0.028 / 0.034 / 0.026."""
     data, runs = trained_on_games
     cfg, model, res = runs[name]
     losses = [r["loss"] for r in res.history]
+    assert len(losses) == 4
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     valid, _ = eval_sets(data, cfg.max_seq_length)
+    assert len(valid.users) == len(data.valid_users) == 402
     got = evaluate(model, valid, cfg.ks)
     pop = popularity_recall(data, valid, cfg.ks)
     assert got["Recall"][2] > 10 * 20 / data.n_items
     assert got["Recall"][2] > 0.6 * pop[2], (got["Recall"], pop)
-    np.testing.assert_allclose(got["Recall"], res.best_valid["Recall"], rtol=1e-6)  # the best checkpoint is kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(GAMES_RUNS))
+def test_training_on_games_keeps_best_checkpoint(trained_on_games, name):
+    """Evaluated every 2 epochs; the model kept is the one of the first best Recall@5."""
+    data, runs = trained_on_games
+    cfg, model, res = runs[name]
+    valid, _ = eval_sets(data, cfg.max_seq_length)
+    evals = [(r["epoch"], r["valid"]["Recall"][0]) for r in res.history if "valid" in r]
+    assert [e for e, _ in evals] == [1, 3]
+    best_epoch = max(evals, key=lambda e: e[1])[0]  # first maximum of Recall@5
+    assert res.best_epoch == best_epoch
+    np.testing.assert_allclose(evaluate(model, valid, cfg.ks)["Recall"], res.best_valid["Recall"], rtol=1e-6)
 
 
 @pytest.mark.slow

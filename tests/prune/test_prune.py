@@ -20,7 +20,7 @@ from dealrec.prune import pipeline as prune_lib
 from dealrec.prune.pipeline import PruneConfig
 from dealrec.surrogate import SurrogateConfig, build_surrogate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRUNE_DIR = REPO / "code" / "prune"
 # prune.py writes its log to code/prune/logs/<log_name>.log and has no option for the folder; an
 # absolute --log_name (joined onto that folder it replaces it) puts every test run's log under tmp_path.

@@ -16,7 +16,7 @@ from dealrec.llm.finetune import FinetuneConfig, train
 from dealrec.llm.lm_loss import check_labelled_head, labelled_head, supports_labelled_head
 from dealrec.llm.tiny_models import make_llama
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

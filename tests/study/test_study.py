@@ -20,7 +20,7 @@ from dealrec.study.paired import metrics_from_ranks
 from dealrec.study.report import REFERENCE, markdown_table, mean_std, paired_results, paired_table, summarize
 from dealrec.study.runner import Study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mean_std_by_hand():

@@ -32,7 +32,7 @@ from dealrec.llm.ground import embed_texts, evaluate_results
 from dealrec.llm.model import ModelError
 from dealrec.scores.effort import EffortConfig, EffortModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = ["llama-sp", "llama-json", "qwen2"]
 CUTOFF = 160  # the bare prompt is ~100 tokens with these 800-token vocabularies: histories get cut
 

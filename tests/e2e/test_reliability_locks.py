@@ -142,7 +142,7 @@ def test_study_waits_for_the_holder_of_its_scores(world, tmp_path):
     out = tmp_path / "study"
     holder = Holder(out / "scores")
     proc = subprocess.Popen(
-        [PY, str(Path(__file__).resolve().parents[1] / "bench" / "reproduce.py"), "--data_dir", str(world / "data"),
+        [PY, str(Path(__file__).resolve().parents[2] / "bench" / "reproduce.py"), "--data_dir", str(world / "data"),
          "--out_dir", str(out), "--n", "4", "--strategies", "random", "--seeds", "0", "--pool_users", "30",
          "--only", "prune", "--log_file", str(tmp_path / "study.log")],
         env=base_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

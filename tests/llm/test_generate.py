@@ -19,7 +19,7 @@ from dealrec.data.fewshot import write_fewshot
 from dealrec.llm import model as llm
 from dealrec.llm.generate import InferenceConfig, generate, run_inference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

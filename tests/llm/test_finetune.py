@@ -14,7 +14,7 @@ from dealrec.data.fewshot import build_examples
 from dealrec.llm import model as llm
 from dealrec.llm.finetune import MANIFEST, FinetuneConfig, TokenizedDataset, is_done, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CUTOFF = 96
 
 pytestmark = [

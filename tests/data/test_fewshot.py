@@ -14,7 +14,7 @@ from dealrec.data.fewshot import fewshot_paths, load_selection, write_fewshot
 from dealrec.data.prompts import clean_title, prompt_of, tokenize_prompt
 from dealrec.llm import model as llm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "data"
 CUTOFF = 128
 
