@@ -2,10 +2,14 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint shape demo reproduce
+.PHONY: setup data test test-fast lint shape demo reproduce
 
 setup:
 	bash tools/setup.sh
+
+# The paper's data sets (games, microlens-50k) from the authors' repository, hashes checked.
+data: setup
+	$(PY) -m dealrec.data.fetch
 
 # The full suite (CI runs it).
 test: setup

@@ -5,12 +5,15 @@ Test modules may define fixtures of the same name (e.g. a module-scoped ``games`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+
+from dealrec.data.prompts import DATASET_PHRASES
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -54,7 +57,8 @@ def games():
 @pytest.fixture
 def tiny_dataset(tmp_path):
     """Factory ``tiny_dataset(name="tiny", train=..., valid=..., test=..., titles=..., dicts=True,
-    item_map=True)`` writing a data set folder in the authors' format under ``tmp_path``.
+    item_map=True)`` writing a data set folder in the authors' format under ``tmp_path``, with a
+    data card holding the prompt phrases when ``name`` is not one of the paper's data sets.
 
     Returns a namespace with ``data_dir``, ``name``, ``root`` and the 0-based contents written.
     """
@@ -93,11 +97,18 @@ def tiny_dataset(tmp_path):
                 ("testing_dict.npy", test),
             ):
                 np.save(root / fname, {u: list(s) for u, s in enumerate(seqs)})
+        if name not in DATASET_PHRASES:
+            (root / "dataset.json").write_text(json.dumps({"prompt": TINY_PHRASES}), encoding="utf-8")
         return SimpleNamespace(
             data_dir=tmp_path, name=name, root=root, train=train, valid=valid, test=test, titles=titles
         )
 
     return make
+
+
+# The phrases of the data card written for a data set name the project does not register.
+TINY_PHRASES = {"instruction": "Given the items that the user interacted with before, please recommend a new item.",
+                "input_prefix": "The user has interacted with the following items before, with titles as:"}
 
 
 @pytest.fixture(scope="module")

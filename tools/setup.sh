@@ -146,9 +146,11 @@ done
 if [[ ${#found[@]} -gt 0 ]]; then
     say "data sets: ${found[*]} (under data/)"
 else
-    say "NO DATA FOUND. Copy a data set folder (e.g. games/ from github.com/Linxyhaha/DEALRec, data/)"
-    say "  to $ROOT/data/games/, or set DEALREC_DATA_SOURCE=/folder/holding/games and re-run;"
-    say "  see data/README.md. Continuing: tests that need the real data will be skipped."
+    say "NO DATA FOUND. \`make data\` fetches games and microlens-50k from the authors' repository"
+    say "  (github.com/Linxyhaha/DEALRec, folder data/; hashes checked). Without network, copy a data set"
+    say "  folder (e.g. data/games/ of that repository) to $ROOT/data/games/, or set"
+    say "  DEALREC_DATA_SOURCE=/folder/holding/games and re-run; see data/README.md."
+    say "  Continuing: tests that need the real data will be skipped."
 fi
 
 # ---------------------------------------------------------------- embedded model (6)

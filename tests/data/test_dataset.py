@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from dealrec.data.dataset import DataError, load_dataset, load_pickled_npy
+from dealrec.data.prompts import build_example
 
 # -- real Games ---------------------------------------------------------------------------------
 
@@ -245,3 +247,32 @@ def test_subset_users_of_games(games):
     sub = games.subset_users(3000)
     assert sub.n_users == 3000 and sub.n_items == 17_332
     assert sub.train == games.train[:3000]
+
+
+def test_data_card_gives_the_prompt_phrases(tiny_dataset):
+    """A data set the project does not know takes its prompt phrases from its data card."""
+    ds = tiny_dataset("movies-card")
+    card = ds.root / "dataset.json"
+    card.write_text(json.dumps({"prompt": {"instruction": "Recommend a movie.", "input_prefix": "Watched:"}}))
+    load_dataset(ds.data_dir, "movies-card")
+    ex = build_example("movies-card", ["A", "B"], "C")
+    assert ex["instruction"] == "Recommend a movie." and ex["input"] == "Watched: A; B;"
+
+
+@pytest.mark.parametrize("card, match", [
+    (None, "no prompt phrases for the data set 'unknown-set'.*dataset.json"),
+    ("{not json", "not a readable data card"),
+    ('{"prompt": {"instruction": "", "input_prefix": "x"}}', "'prompt' needs non-empty"),
+])
+def test_unknown_phrases_fail_before_the_files_are_read(tiny_dataset, monkeypatch, card, match):
+    """No card (or a bad one) for an unregistered name: a DataError naming the card, raised before
+    the sequences are read."""
+    from dealrec.data import dataset as dataset_mod
+
+    ds = tiny_dataset("unknown-set")
+    (ds.root / "dataset.json").unlink()
+    if card is not None:
+        (ds.root / "dataset.json").write_text(card)
+    monkeypatch.setattr(dataset_mod, "_read_splits", lambda root: pytest.fail("read the sequences first"))
+    with pytest.raises(DataError, match=match):
+        load_dataset(ds.data_dir, "unknown-set")

@@ -3,7 +3,9 @@
 Layout of ``data/<name>/`` (the authors' release, see ``data/README.md``):
 ``sequential_{train,valid,test}.txt`` (``uid item item ...``, 1-based "seq ids"),
 ``{training,validation,testing}_dict.npy`` (0-based dicts, optional cross-check),
-``title_maps.npy`` (``seqid2title``/``recid2title``).
+``title_maps.npy`` (``seqid2title``/``recid2title``), and optionally the data card
+``dataset.json`` written by ``code/prepare/prepare.py`` (its ``prompt`` phrases are registered for
+the data set's name when the folder is loaded, so a new data set needs no code edit).
 
 Inside this package every item id is 0-based (seq id - 1); the surrogate adds 1 again so
 that index 0 can be padding. The ``.npy`` files are pickles: they are read with a
@@ -13,6 +15,7 @@ restricted unpickler that only lets plain containers, strings, numbers and numpy
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from dealrec.data.prompts import DATASET_PHRASES, register_dataset
+
 REQUIRED_FILES = ("sequential_train.txt", "sequential_valid.txt", "sequential_test.txt", "title_maps.npy")
 DICT_FILES = {"train": "training_dict.npy", "valid": "validation_dict.npy", "test": "testing_dict.npy"}
+CARD_FILE = "dataset.json"  # the data card written by code/prepare/prepare.py (optional)
 
 
 class DataError(ValueError):
@@ -219,6 +225,32 @@ def _check_folder(root: Path, data_name: str) -> None:
         )
 
 
+def _register_phrases(root: Path, data_name: str) -> None:
+    """The prompt phrases of the data set, known before any work: its data card's
+    (``dataset.json`` with ``prompt.instruction`` and ``prompt.input_prefix``, written by
+    ``code/prepare/prepare.py``), else those registered for ``data_name`` (the paper's data sets)."""
+    card = root / CARD_FILE
+    if card.is_file():
+        try:
+            prompt = json.loads(card.read_text(encoding="utf-8")).get("prompt")
+        except (OSError, ValueError, AttributeError) as e:
+            raise DataError(f"{card}: not a readable data card ({e}); write it again with code/prepare/prepare.py") \
+                from None
+        if prompt is not None:
+            if not (isinstance(prompt, dict)
+                    and all(isinstance(prompt.get(k), str) and prompt[k].strip() for k in ("instruction", "input_prefix"))):
+                raise DataError(f"{card}: 'prompt' needs non-empty 'instruction' and 'input_prefix' texts; "
+                                "write the card again with code/prepare/prepare.py --item_noun ...")
+            register_dataset(data_name, prompt["instruction"].strip(), prompt["input_prefix"].strip())
+            return
+    if data_name not in DATASET_PHRASES:
+        raise DataError(
+            f"{root}: no prompt phrases for the data set {data_name!r} (known: {', '.join(sorted(DATASET_PHRASES))}); "
+            f"give it a data card {card} with a 'prompt' entry (code/prepare/prepare.py --item_noun writes one) "
+            "or register them with dealrec.data.prompts.register_dataset"
+        )
+
+
 def _read_splits(root: Path) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     """The train/valid/test sequences, one per user in each file, with at least one training item."""
     train = _read_sequences(root / "sequential_train.txt")
@@ -332,6 +364,7 @@ def load_dataset(data_dir: str | Path, data_name: str, check_dicts: bool = True)
     """Load and validate ``<data_dir>/<data_name>/``; every problem is a :class:`DataError`."""
     root = dataset_dir(data_dir, data_name)
     _check_folder(root, data_name)
+    _register_phrases(root, data_name)
     train, valid, test = _read_splits(root)
     seqid2title = _read_titles(root / "title_maps.npy")
     n_items = _catalogue_size(root, seqid2title)

@@ -5,7 +5,9 @@ titles of the user's history, oldest first, ``"; "``-separated and closed by ``"
 original ``gen_fewshot.py``. Truncation drops the oldest titles until the whole prompt,
 *including the full target title* and the end-of-sequence token, fits ``cutoff_len`` tokens.
 
-To add a data set, register its two phrases with :func:`register_dataset`.
+A data set's two phrases (instruction, input prefix) come from its data card (``dataset.json``,
+entry ``prompt``), registered by :func:`dealrec.data.dataset.load_dataset`; the paper's three data
+sets are registered here. Code may add others with :func:`register_dataset`.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def phrases(data_name: str) -> DatasetPhrases:
     except KeyError:
         known = ", ".join(sorted(DATASET_PHRASES))
         raise ValueError(
-            f"unknown data set {data_name!r}; known: {known}. Register a new one with "
+            f"unknown data set {data_name!r}; known: {known}. Give its folder a data card (dataset.json with "
+            "a 'prompt' entry: code/prepare/prepare.py --item_noun writes one) or register the phrases with "
             "dealrec.data.prompts.register_dataset(name, instruction, input_prefix)."
         ) from None
 
