@@ -367,3 +367,26 @@ def test_given_score_file_is_refused_for_a_strategy_that_rescored(tmp_path):
     with pytest.raises(ValueError, match=r"--effort_scores .*dealrec-stable scores with effort.target=base"):
         cfg.for_strategy()
     assert PruneConfig.flat(effort_scores=str(f)).for_strategy().effort_scores == str(f)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--lamda", "nan"], "--lamda"), (["--lamda", "inf"], "--lamda"), (["--select.hard_prune=-inf"], "--select.hard_prune"),
+    (["--lr", "NaN"], "--lr"),
+])
+def test_float_options_refuse_nan_and_infinity(argv, flag, capsys):
+    """A NaN or infinite number is refused at parse time, naming the flag (never a stage run on it)."""
+    spec = importlib.util.spec_from_file_location("prune_cli_nan", REPO / "code" / "prune" / "prune.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "not a finite number" in err
+
+
+def test_float_lists_refuse_nan():
+    from dealrec.config import _converted
+
+    with pytest.raises(ValueError, match="--x: invalid value 'nan,1'.*not a finite number"):
+        _converted(tuple[float, ...], "nan,1", "x")

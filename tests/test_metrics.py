@@ -133,3 +133,14 @@ def test_format_table():
     lines = text.splitlines()
     assert lines[0].startswith("metric") and "@10" in lines[0]
     assert lines[1].startswith("Recall") and lines[2].startswith("NDCG")
+
+
+def test_format_table_columns_align_for_long_names():
+    """Every value of a column starts where its @K header does, whatever the metric names."""
+    names = ("Recall", "NDCG", "Precision", "MRR")
+    lines = format_table(topk_metrics(RANKED, TARGETS, KS), KS, names=names).splitlines()
+    starts = [lines[0].index(f"@{k}") for k in KS]
+    for line, name in zip(lines[1:], names):
+        assert line.startswith(name + " ")
+        cols = [i for i in range(1, len(line)) if line[i] != " " and line[i - 1] == " "]
+        assert cols == starts, (line, lines[0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -151,6 +152,15 @@ def none_or(cast: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda s: None if s.lower() in {"none", ""} else cast(s)
 
 
+def finite_float(s: str) -> float:
+    """A float option's value: NaN and infinity are refused (no setting of the pipeline means them,
+    and a NaN weight or rate would run a whole stage before anything noticed)."""
+    value = float(s)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+    return value
+
+
 def _argparse_kwargs(tp: Any) -> dict[str, Any]:
     """argparse options for a field type (``X | None``, tuples and lists as ``nargs='+'``)."""
     args = typing.get_args(tp)
@@ -164,7 +174,7 @@ def _argparse_kwargs(tp: Any) -> dict[str, Any]:
         return {"nargs": "+", "type": str}  # items cast by _convert ("a b", "a,b" and "[a, b]" alike)
     if tp is bool:
         return {"nargs": "?", "const": True, "type": str2bool, "metavar": "BOOL"}
-    cast = tp if tp in (int, float, str) else str
+    cast = {int: int, float: finite_float, str: str}.get(tp, str)
     return {"type": none_or(cast) if optional else cast}
 
 
@@ -193,7 +203,7 @@ def _convert(tp: Any, value: Any) -> Any:
     kind, item = _sequence_type(tp)
     if kind is None or not isinstance(value, (list, str)):
         return value
-    items = split_list(value, item if item in (int, float, str) else str)
+    items = split_list(value, {int: int, float: finite_float, str: str}.get(item, str))
     return tuple(items) if kind is tuple else items
 
 
@@ -279,7 +289,7 @@ def namespace_values(ns: argparse.Namespace, cls: type,
 def _converted(tp: Any, value: Any, flag: str) -> Any:
     try:
         return _convert(tp, value)
-    except ValueError as e:
+    except (ValueError, argparse.ArgumentTypeError) as e:
         raise ValueError(f"argument --{flag}: invalid value {value!r} ({e})") from None
 
 

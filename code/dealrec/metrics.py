@@ -106,9 +106,11 @@ def topk_from_scores(scores: torch.Tensor, k: int, exclude: torch.Tensor | None 
 
 
 def format_table(metrics: dict[str, list[float]], ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] = ("Recall", "NDCG")) -> str:
-    """A small text table: one row per metric, one column per K."""
-    head = "metric   " + "".join(f"@{k:<8d}" for k in ks)
-    rows = [head]
+    """A small text table: one row per metric, one column per K, the columns aligned for any
+    metric name."""
+    width = max(len("metric"), *(len(n) for n in names)) + 2
+    head = f"{'metric':<{width}s}" + "".join(f"{'@' + str(k):<9s}" for k in ks)
+    rows = [head.rstrip()]
     for name in names:
-        rows.append(f"{name:<9s}" + "".join(f"{v:<9.4f}" for v in metrics[name]))
+        rows.append((f"{name:<{width}s}" + "".join(f"{v:<9.4f}" for v in metrics[name])).rstrip())
     return "\n".join(rows)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from dealrec.config import Alias, build_parser, parse
 from dealrec.core.dist import dist_info
 from dealrec.core.logs import discard_log, setup_logging
@@ -43,7 +45,18 @@ PRESETS = finetune_preset("finetune")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser(FinetuneConfig, ALIASES, PRESETS, description=__doc__)
     p.add_argument("--log_file", default=None, help="default: <output_dir>/finetune.log")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print the plan of the LLM stages for --base_model (device, precision, parameters, "
+                        "estimated memory) without loading the weights, and stop")
     cfg, a, ignored = parse(FinetuneConfig, argv, ALIASES, PRESETS, parser=p)
+    if a.dry_run:
+        from dealrec.llm.plan import main as plan_main
+
+        gpu = "0" if torch.cuda.is_available() else "cpu"
+        return plan_main(["--gpu_id", gpu, "--cutoff_len", str(cfg.cutoff_len), "--micro_batch_size",
+                          str(cfg.micro_batch_size), *(["--base_model", cfg.base_model] if cfg.base_model else []),
+                          *(["--quantization", cfg.quantization] if cfg.quantization else []),
+                          *(["--gradient_checkpointing"] if cfg.gradient_checkpointing else [])])
     if not cfg.train_file or not cfg.output_dir:
         p.error("--train_data_path and --output_dir are required")
     main_rank = dist_info().main

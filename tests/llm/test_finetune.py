@@ -90,6 +90,26 @@ def test_one_step_trains_saves_and_reloads(files):
     assert train(cfg).model is None
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(files):
+    """--gradient_checkpointing recomputes activations in the backward pass: the same LoRA weights
+    after two steps (float summation order aside) and the same key."""
+    tmp, _ = files
+    common = dict(train_file=str(tmp / "train.json"), val_file=str(tmp / "empty.json"), batch_size=4,
+                  micro_batch_size=2, max_steps=2, warmup_steps=0, learning_rate=2e-3, lora_dropout=0.0,
+                  cutoff_len=CUTOFF, logging_steps=1, seed=0)
+    plain = FinetuneConfig(output_dir=str(tmp / "plain"), **common)
+    ckpt = FinetuneConfig(output_dir=str(tmp / "ckpt"), gradient_checkpointing=True, **common)
+    assert plain.key() == ckpt.key()
+    a, b = train(plain), train(ckpt)
+    inner = b.model.base_model.model
+    assert getattr(inner, "is_activation_checkpointing", None) or inner.is_gradient_checkpointing
+    wa = load_file(str(Path(a.output_dir) / "adapter_model.safetensors"))
+    wb = load_file(str(Path(b.output_dir) / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+
+
 def test_evaluation_early_stopping_and_best_model(files):
     tmp, _ = files
     cfg = FinetuneConfig(

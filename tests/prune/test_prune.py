@@ -188,6 +188,28 @@ def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
 
 
 @needs_games
+def test_two_strategies_leave_both_selections(small_games, tmp_path, monkeypatch):
+    """DEALRec's selection keeps the original's name, another strategy's carries its name: two
+    runs never overwrite each other."""
+    forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores")
+    n = small_games.n_users
+    save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
+    save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
+    cfg = PruneConfig.flat(
+        data_dir=str(REPO / "data"), max_users=n, n_fewshot=5, score_dir=str(tmp_path / "s"),
+        selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
+        effort_scores=str(tmp_path / "eff.pt"),
+    )
+    dealrec = prune_lib.run(cfg)
+    random = prune_lib.run(cfg.set(strategy="random", seed=3))
+    sel = tmp_path / "sel"
+    assert torch.load(sel / "games_5.pt", weights_only=True) == dealrec["indices"]
+    assert torch.load(sel / "games_5_random.pt", weights_only=True) == random["indices"]
+    assert read_json(sel / "games_5_random.pt.json")["strategy"] == "random"
+    assert dealrec["indices"] != random["indices"]
+
+
+@needs_games
 def test_n_fewshot_beyond_all_games_users_fails_before_training(cli, tmp_path, monkeypatch):
     """``--n_fewshot 100000`` on all of Games: refused at once, naming the pool (not 200 epochs later)."""
     forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores", "effort_scores")

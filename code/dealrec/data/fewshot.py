@@ -40,7 +40,9 @@ class FewshotConfig:
     data_dir: str = "data"  # folder holding <data_name>/
     data_name: str = "games"
     n_sample: int = 1024  # number of selected users (the file label)
-    selected: str | None = None  # selection file (default code/prune/selected/{data}_{n}.pt)
+    # the selection's strategy: the files are labelled <n> for dealrec, <n>_<strategy> otherwise
+    strategy: str = "dealrec"
+    selected: str | None = None  # selection file (default code/prune/selected/{data}_{label}.pt)
     base_model: str | None = None  # tokenizer for truncation (default: the embedded model)
     cutoff_len: int = 512
     max_test_users: int | None = None  # only the first N test users

@@ -56,9 +56,10 @@ from dealrec.llm.model import (
 
 MANIFEST = "finetune_manifest.json"
 # Settings that change no number of the adapter (paths, logging; loss_positions: the same loss
-# either way, the manifest says which ran): left out of its key, and of the study's run keys.
+# either way, the manifest says which ran; gradient checkpointing: recomputed activations, the
+# same gradients): left out of its key, and of the study's run keys.
 NOT_IN_KEY = ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
-              "loss_positions")
+              "loss_positions", "gradient_checkpointing")
 TRAIN_AUTO = "bf16"  # --train_precision auto on a CPU: bf16 autocast where native (loss within seed noise: README "Performance")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -89,7 +90,10 @@ class FinetuneConfig:
     eval_steps: int = 100
     early_stopping_patience: int = 5
     resume_from_checkpoint: str | None = None  # warm-start LoRA adapter folder
-    quantization: str | None = None  # None, '8bit' or '4bit' (GPU only)
+    quantization: str | None = None  # None, '8bit' or '4bit' (GPU only; gradient checkpointing on)
+    # recompute each layer's activations in the backward pass: less memory (a 7B model on one GPU),
+    # about a third more time; always on with --quantization
+    gradient_checkpointing: bool = False
     seed: int = 0
     sample: int = -1  # use a random `sample` training examples (-1: all), as the original
     max_steps: int = -1  # > 0 stops after that many optimiser steps (demos, tests)
@@ -317,7 +321,8 @@ def _lora_model(cfg: FinetuneConfig, lcfg: Any, run: _RunSetup) -> tuple[Any, An
     trainable LoRA layers, warm-started from ``resume_from_checkpoint`` when given.
 
     The warm-start adapter is checked against the LoRA settings before the base model is loaded;
-    a quantized model is prepared for k-bit training (gradient checkpointing) first."""
+    a quantized model is prepared for k-bit training (gradient checkpointing) first, and
+    ``gradient_checkpointing`` turns checkpointing on for a full-precision model."""
     tokenizer = load_tokenizer(cfg.base_model, padding_side="right")
     if cfg.resume_from_checkpoint:
         check_adapter(cfg.resume_from_checkpoint, lcfg)
@@ -329,6 +334,13 @@ def _lora_model(cfg: FinetuneConfig, lcfg: Any, run: _RunSetup) -> tuple[Any, An
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    elif cfg.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers ≥ 5.x's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient
     model = add_lora(model, lcfg, cfg.resume_from_checkpoint, trainable=True)
     model.config.use_cache = False  # training needs no KV cache
     if run.local_rank == 0:

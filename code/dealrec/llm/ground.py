@@ -52,7 +52,7 @@ from dealrec.core.logs import LOG
 from dealrec.core.token_rows import pad_batch
 from dealrec.data.dataset import DataError, RecData
 from dealrec.data.prompts import clean_title
-from dealrec.metrics import DEFAULT_KS, format_table, hit_ranks, topk_metrics
+from dealrec.metrics import DEFAULT_KS, hit_ranks, topk_metrics
 
 
 @dataclass
@@ -428,7 +428,8 @@ def _evaluate(rows: list[dict[str, Any]], result_file: str | os.PathLike, data: 
         write_json(metrics_path(result_file), report)
         write_compact_json(hits_path(result_file), per_user)
     report["per_user"] = per_user
-    LOG.info("%s\n%s", result_file, format_table(m, ks))
+    LOG.info("%s: %s", result_file, ", ".join(f"{name}@{k} {m[name][i]:.4f}" for name in ("Recall", "NDCG")
+                                              for i, k in enumerate(ks) if k in (10, 20)))
     if n_empty:
         LOG.warning("%d of %d generations are empty", n_empty, len(rows))
     return report

@@ -35,7 +35,7 @@ from dealrec.prune.config import PRUNE_ALIASES, STAGES, PruneConfig, SurrogateSe
 from dealrec.scores.baselines import el2n_scores, grand_scores
 from dealrec.scores.effort import EffortModel, effort_scores
 from dealrec.scores.influence import influence_scores
-from dealrec.select import ScoreSet, plot_selection, run_strategy, strategy_spec
+from dealrec.select import ScoreSet, plot_selection, run_label, run_strategy, strategy_spec
 from dealrec.surrogate import build_surrogate, objective_of, surrogate_spec
 from dealrec.surrogate.trainer import train_surrogate
 
@@ -308,14 +308,15 @@ def select(cfg: PruneConfig, data: RecData, scores: ScoreSet) -> dict:
         "seconds": t.seconds,
         "indices": indices,
     }
-    for name in (f"{cfg.data_name}_{n}", tag):
+    short = f"{cfg.data_name}_{run_label(n, sel.strategy)}"  # the name finetune.sh reads
+    for name in (short, tag):
         save_tensor(sel_dir / f"{name}.pt", indices)
         write_json(sel_dir / f"{name}.pt.json", manifest)
     try:
         plot_selection(result.scores, scores.eligible, result, sel_dir / f"{tag}.png", title=tag)
     except Exception as e:  # noqa: BLE001 - a plot must never lose a selection
         LOG.warning("could not draw the selection plot: %s", e)
-    LOG.info("selected %d of %d users (%s) -> %s", len(indices), data.n_users, sel.strategy, sel_dir / f"{cfg.data_name}_{n}.pt")
+    LOG.info("selected %d of %d users (%s) -> %s", len(indices), data.n_users, sel.strategy, sel_dir / f"{short}.pt")
     if result.shortfall:
         LOG.warning("selection is %d short of n=%d (budget rounding)", result.shortfall, n)
     return manifest

@@ -11,16 +11,19 @@ from dealrec.select.coverage import SelectionResult, coverage_select, minmax, ov
 from dealrec.select.plot import plot_selection
 from dealrec.select.scoreset import SCORE_SOURCES, MissingScoreError, ScoreSet
 from dealrec.select.strategies import (
+    DEFAULT_STRATEGY,
     STRATEGIES,
     SelectConfig,
     StrategySpec,
     get_strategy,
     register_strategy,
+    run_label,
     run_strategy,
     strategy_spec,
 )
 
 __all__ = [
+    "DEFAULT_STRATEGY",
     "SCORE_SOURCES",
     "STRATEGIES",
     "MissingScoreError",
@@ -34,6 +37,7 @@ __all__ = [
     "overall_score",
     "plot_selection",
     "register_strategy",
+    "run_label",
     "run_strategy",
     "strategy_spec",
     "stratum_budgets",

@@ -116,6 +116,16 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
+DEFAULT_STRATEGY = "dealrec"
+
+
+def run_label(n: int, strategy: str = DEFAULT_STRATEGY) -> str:
+    """The label of a selection's outputs (selection file, few-shot files, adapter, results): the
+    original's ``<n>`` for DEALRec, ``<n>_<strategy>`` for any other strategy, so that runs of two
+    strategies never overwrite each other."""
+    return str(n) if strategy == DEFAULT_STRATEGY else f"{n}_{strategy}"
+
+
 def run_strategy(name: str, scores: ScoreSet, n: int, seed: int = 0, **params: float) -> SelectionResult:
     """Look up ``name``, run it, and record ``name`` as the result's method."""
     result = get_strategy(name)(scores, n, seed, **params)
