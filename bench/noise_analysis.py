@@ -1,4 +1,4 @@
-"""How much of each score is seed noise? (issue: seed-stable influence and effort)
+"""How much of each score is seed noise? (the measurements behind the seed-stable variant)
 
     python bench/noise_analysis.py [--seeds 1 2 3] [--effort_users 512] [--out results/noise]
 

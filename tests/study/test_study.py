@@ -83,9 +83,16 @@ def test_paired_results_by_hand():
     ndcg = r["dealrec"]["NDCG@20"]
     assert ndcg["seed_means"][0] == pytest.approx(1 / math.log2(7) / 4)
     table = paired_table(r).splitlines()
-    assert table[0].startswith("| strategy | metric | seeds | random | difference | 95 % interval | given the seeds |")
-    assert table[2].startswith("| dealrec | Recall@20 | 2 | 0.2500 | +0.1250 | ") and "| +50% | 0.1768 | +0.2500, +0.0000 |" in table[2]
-    assert rec["interval"] == "seeds and users" and rec["low"] <= rec["low_users"] <= rec["high_users"] <= rec["high"]
+    assert table[0].startswith("| strategy | metric | seeds | random | difference | 95 % interval | bootstrap | "
+                               "given the seeds |")
+    assert table[2].startswith("| dealrec | Recall@20 | 2 | 0.2500 | +0.1250 | ")
+    assert "| +50% | 0.1768 | 0.2500, 0.0000 | +0.2500, +0.0000 |" in table[2]
+    # d = [[1, 0, 0, 0], [0, 0, 0, 0]]: every mean square is 0.125, so both components truncate to
+    # 0 and Var(mean) = MS_resid / (S·U) = 0.125 / 8 with 3 degrees of freedom
+    assert rec["interval"] == "variance components" and rec["se"] == pytest.approx(0.125) and rec["df"] == 3
+    t3 = 3.182446305284263
+    assert (rec["low"], rec["high"]) == (pytest.approx(0.125 - t3 * 0.125), pytest.approx(0.125 + t3 * 0.125))
+    assert rec["low_boot"] <= rec["low_users"] <= rec["high_users"] <= rec["high_boot"]
     assert paired_results({"dealrec": per_user["dealrec"]}) == {}  # no random: nothing to pair
 
 

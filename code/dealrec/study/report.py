@@ -22,7 +22,7 @@ import torch
 from dealrec.core.files import atomic_path, write_json, write_text
 from dealrec.core.logs import LOG
 from dealrec.core.model_id import model_id
-from dealrec.study.paired import metrics_from_ranks, paired_difference, verdict
+from dealrec.study.paired import metrics_from_ranks, paired_difference, power_factor, verdict
 
 REPORT_KS = (10, 20)
 METRICS = tuple(f"{m}@{k}" for m in ("Recall", "NDCG") for k in REPORT_KS)
@@ -137,18 +137,39 @@ def paired_results(per_user: dict[str, dict[int, list[list[int]]]], baseline: st
 
 def paired_table(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> str:
     """The Markdown table of :func:`paired_results` (one row per strategy and metric)."""
-    lines = [f"| strategy | metric | seeds | {baseline} | difference | 95 % interval | given the seeds | relative | "
-             "seed-to-seed std | per seed | verdict |",
-             "|" + "---|" * 11]
+    lines = [f"| strategy | metric | seeds | {baseline} | difference | 95 % interval | bootstrap | given the seeds | "
+             "relative | seed-to-seed std | user SE per seed | per seed | verdict |",
+             "|" + "---|" * 13]
     for strategy, by_metric in results.items():
         for metric, r in by_metric.items():
             rel = "–" if math.isnan(r["relative"]) else f"{r['relative']:+.0%}"
             sd = "–" if math.isnan(r["seed_std"]) else f"{r['seed_std']:.4f}"
+            boot = f"{r['low_boot']:+.4f} … {r['high_boot']:+.4f}" if "low_boot" in r else "–"
+            df = f" (df {r['df']:.1f})" if "df" in r else ""
             per_seed = ", ".join(f"{x:+.4f}" for x in r["seed_means"])
+            seed_se = ", ".join(f"{x:.4f}" for x in r.get("seed_se", []))
             lines.append(f"| {strategy} | {metric} | {r['seeds']} | {r['baseline_mean']:.4f} | {r['mean']:+.4f} | "
-                         f"{r['low']:+.4f} … {r['high']:+.4f} | {r['low_users']:+.4f} … {r['high_users']:+.4f} | "
-                         f"{rel} | {sd} | {per_seed} | {r['verdict']} |")
+                         f"{r['low']:+.4f} … {r['high']:+.4f}{df} | {boot} | "
+                         f"{r['low_users']:+.4f} … {r['high_users']:+.4f} | {rel} | {sd} | {seed_se} | {per_seed} | "
+                         f"{r['verdict']} |")
     return "\n".join(lines)
+
+
+def power_lines(results: dict[str, dict[str, Any]], paper: dict[str, tuple[float, ...]] | None) -> list[str]:
+    """Per strategy and metric, how many times this study's paired data would detect the paper's
+    relative gain of DEALRec over Random with 80 % power (none without the paper's rows)."""
+    if not paper or "DEALRec" not in paper or "Random" not in paper:
+        return []
+    column = {m: i for i, m in enumerate(METRICS)}
+    out = []
+    for strategy, by_metric in results.items():
+        for metric, r in by_metric.items():
+            i = column[metric]
+            gain = paper["DEALRec"][i] / paper["Random"][i] - 1
+            effect = gain * r["baseline_mean"]
+            out.append(f"- {strategy}, {metric}: the paper's {gain:+.0%} ({effect:+.4f} here) needs "
+                       f"{power_factor(r['se'], effect):.1f}× this study's paired data for 80 % power")
+    return out
 
 
 def _pending_section(pending: list[tuple[str, str, int]]) -> list[str]:
@@ -185,6 +206,7 @@ class StudyFacts:
     n_llm_test: int = 0  # the LLM signal's fixed test users
     pending: tuple[tuple[str, str, int], ...] | list[tuple[str, str, int]] = ()  # planned runs without a record
     n_all_test: int = 0  # users with test items in the data set (0: unknown)
+    seed_free: tuple[str, ...] = ()  # strategies whose recorded selection is the same for every seed
 
 
 def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]]) -> list[str]:
@@ -264,20 +286,33 @@ def _signal_sections(cfg: Any, facts: StudyFacts, llm_rows: list[dict[str, Any]]
     ]
 
 
-def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int | str) -> list[str]:
+def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int | str,
+                     paper: dict[str, tuple[float, ...]] | None, seed_free: Sequence[str]) -> list[str]:
+    power = power_lines(paired.get("llm", {}), paper)
+    same = (f"The selection of {', '.join(f'`{s}`' for s in seed_free)} is the same for every seed (it draws "
+            "nothing at random): its seeds differ in the training only." if seed_free else "")
     return [
         f"## Paired differences to {BASELINE}",
         "",
         f"Per seed, each test user's {' and '.join(PAIRED_METRICS)} under a strategy minus under `{BASELINE}` "
         "with the same seed (same test users, so the test-user noise cancels); the differences are averaged "
-        f"over the seeds per user. `95 % interval`: a percentile bootstrap ({N_BOOT:,} resamples) that draws both "
-        "the seeds and the test users with replacement, so it carries the seed-to-seed noise as well (with one "
-        "seed: the users only); the verdict reads it. `given the seeds`: the users-only bootstrap of the per-user "
-        f"seed averages, narrower because it holds these seeds fixed. `relative`: the difference over "
-        f"`{BASELINE}`'s mean; `seed-to-seed std`: the spread of the per-seed mean differences (`per seed`), the "
-        "noise that more test users do not remove.",
+        "over the seeds per user. `95 % interval` (the verdict reads it): with several seeds a variance-component "
+        "t interval — the differences as seed effect + user effect + residual, each variance estimated, "
+        "Satterthwaite's degrees of freedom (`df`) — which tends to the t interval over the seed means where the "
+        "seeds differ and to the users' interval where they do not; with one seed the users' bootstrap. "
+        f"`bootstrap`: a percentile bootstrap ({N_BOOT:,} resamples) drawing both seeds and users, shown beside "
+        "it: it counts the seed × user noise more than once where the seeds barely matter (too wide) and is "
+        "narrower than the t interval where they do. `given the seeds`: the users-only bootstrap of the per-user "
+        f"seed averages. `relative`: the difference over `{BASELINE}`'s mean. `seed-to-seed std`: the spread of "
+        "the per-seed mean differences (`per seed`); `user SE per seed`: each seed's standard error from its "
+        "users alone — where it is as large as the seed-to-seed std, the spread between seeds is user-sampling "
+        "noise, not an effect of the seed.",
         "",
+        *([same, ""] if same else []),
         *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
+        *(["Power (LLM signal): how much paired data (seeds × test users, in multiples of this study's) a "
+           "difference of the paper's relative size needs to be detected at the 5 % level with 80 % power:", "",
+           *power, ""] if power else []),
         *_paired_section("SASRec on the selection", paired.get("sasrec", {}), n_sas_test),
     ]
 
@@ -328,7 +363,7 @@ def render_report(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[
         *_header(cfg, facts),
         *_pending_section(list(facts.pending)),
         *_signal_sections(cfg, facts, llm_rows, sas_rows),
-        *_paired_sections(paired, n_test, n_sas_test),
+        *_paired_sections(paired, n_test, n_sas_test, PAPER_TABLE2.get(cfg.data_name), facts.seed_free),
         *_timing_section(stage_rows, total, prune_t, wall_seconds),
         "## Per run",
         "",

@@ -287,8 +287,23 @@ def report(study: Study, wall_seconds: float | None = None) -> Path:
     llm_rows, sas_rows, per_user, missing = collect(study)
     facts = StudyFacts(len(study.candidates), study.pool.n_users, study.data.n_users, study.data.n_items,
                        record_prune_timings(study), len(study.test_user_ids()), missing,
-                       n_all_test=len(study.data.test_users))
+                       n_all_test=len(study.data.test_users), seed_free=seed_free_strategies(study))
     return write_report(study.out, study.cfg, llm_rows, sas_rows, facts, wall_seconds, per_user=per_user)
+
+
+def seed_free_strategies(study: Study) -> tuple[str, ...]:
+    """The strategies whose recorded selections are identical for every seed (≥ 2 seeds recorded)."""
+    out = []
+    for s in study.cfg.strategies:
+        picks = []
+        for seed in study.cfg.all_seeds:
+            try:
+                picks.append(study.selection(s, seed, compute=False))
+            except FileNotFoundError:
+                continue
+        if len(picks) > 1 and all(p == picks[0] for p in picks):
+            out.append(s)
+    return tuple(out)
 
 
 def prune_timings(cfg: StudyConfig) -> dict[str, float]:
