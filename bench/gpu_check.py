@@ -162,7 +162,7 @@ def bf16_lora(a: argparse.Namespace) -> int:
     return line("bf16_lora", FAIL if problems else PASS, "; ".join(problems) + (" | " if problems else "") + details, t0)
 
 
-THRESHOLDS = {"bf16": 0.97, "8bit": 0.9, "4bit": 0.8}  # Spearman with fp32; our guesses, see the README
+THRESHOLDS = {"bf16": 0.97, "8bit": 0.9, "4bit": 0.8}  # Spearman with fp32; our guesses, see docs/own-llm-and-gpu.md
 
 
 def effort(a: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # `sh script.sh` wo
 # the 135M model stop echoing its input —, 50 test users, 2 beams, 24 new tokens, grounding among
 # 1,000 items + the targets); both in code/dealrec/presets.py. DEMO_N=64 selected samples; extra prune.py options:
 # DEMO_PRUNE_ARGS="--n_fewshot 32 ..."; extra finetune.py options: DEMO_FINETUNE_ARGS="...".
-# Full-scale commands: README.md.
+# Full-scale commands: README.md and docs/commands.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -26,7 +26,7 @@ ALIASES: dict[str, Alias] = {
     "gen_engine": Alias(("engine",), note="fast: each prompt prefilled once, the shared prefix once (CPU "
                         "default); hf: transformers' generate (the reference; GPU default); auto"),
     "gen_precision": Alias(("precision",), note="fp32; bf16: the fast path in bf16 on a CPU with native bf16 "
-                           "(not exact: README Performance); auto"),
+                           "(not exact: docs/performance.md); auto"),
 }
 PRESETS = finetune_preset("inference")
 

@@ -1,13 +1,13 @@
 """DEALRec pruning: surrogate → influence → effort → coverage-enhanced selection.
 
     python prune.py --data_name games --lamda 0.3 --k 50 --n_fewshot 1024
-    python prune.py --preset demo --data_name games          # the README's CPU demo sizes
+    python prune.py --preset demo --data_name games          # the demo's CPU sizes (make demo)
 
 Every option of the original ``utils.py`` is accepted under its name (``--hidden_size``,
 ``--epochs``, ``--lr``, ``--lora_r`` …); every setting also has a dotted name
 (``--surrogate.train.hidden_size``, ``--effort.lora_r``, ``--select.lamda``). ``--stage`` runs
 one stage (each stage computes what it needs that is not cached in ``--score_dir``). The
-options are built from :class:`dealrec.prune.pipeline.PruneConfig` (see the README).
+options are built from :class:`dealrec.prune.pipeline.PruneConfig` (every option: docs/commands.md).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ MANIFEST = "finetune_manifest.json"
 # same gradients): left out of its key, and of the study's run keys.
 NOT_IN_KEY = ("train_file", "val_file", "output_dir", "logging_steps", "keep_checkpoints", "overwrite",
               "loss_positions", "gradient_checkpointing")
-TRAIN_AUTO = "bf16"  # --train_precision auto on a CPU: bf16 autocast where native (loss within seed noise: README "Performance")
+TRAIN_AUTO = "bf16"  # --train_precision auto on a CPU: bf16 autocast where native (loss within seed noise: docs/performance.md)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 

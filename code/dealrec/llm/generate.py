@@ -41,7 +41,7 @@ from dealrec.llm.beam import unsupported_settings
 
 RECORD_FIELDS = ("predict", "output", "user", "target_ids")
 GEN_ENGINES = ("auto", "fast", "hf")
-GEN_AUTO = "fp32"  # what --gen_precision auto runs (bf16 changes some answers: README "Performance")
+GEN_AUTO = "fp32"  # what --gen_precision auto runs (bf16 changes some answers: docs/performance.md)
 
 
 def _encode(tokenizer: Any, examples: Sequence[dict[str, Any]], cutoff_len: int | None) -> list[list[int]]:

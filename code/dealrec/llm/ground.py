@@ -74,7 +74,7 @@ class EvaluateConfig:
 
 
 POOLING = "last-token-v1"
-GROUND_AUTO = "bf16"  # what --ground_precision auto runs (README "Performance": tree layout, bf16 autocast: top-20 overlap 0.965)
+GROUND_AUTO = "bf16"  # what --ground_precision auto runs (docs/performance.md: tree layout, bf16 autocast: top-20 overlap 0.965)
 
 
 EMBED_LAYOUTS = ("tree", "padded")

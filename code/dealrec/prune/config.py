@@ -168,7 +168,7 @@ PRUNE_ALIASES: dict[str, Alias] = {
     "no_cuda": Alias(("device",), const="cpu", note="run on the CPU (as --gpu_id cpu)"),
     "seed": Alias(_SEEDS, note="the seed of every stage: surrogate, influence draws, effort LoRA init, selection"),
     "model_name": Alias(("surrogate.name",)),
-    "surrogate": Alias(("surrogate.name",), note="registered surrogate: SASRec (default), BERT4Rec or GRU4Rec"),
+    "surrogate": Alias(("surrogate.name",), note=f"a registered surrogate: {', '.join(SURROGATES)}"),
     "surrogate_checkpoint": Alias(("surrogate.checkpoint",)),
     "hidden_size": Alias(("surrogate.train.hidden_size",)),
     "num_hidden_layers": Alias(("surrogate.train.num_hidden_layers",)),

@@ -23,7 +23,7 @@ Precision of the frozen layers below the target (the target layer and the loss h
 natively: detected at run time), ``int8`` replaces their linear layers by dynamically
 quantised ones (``torch.ao.quantization.quantize_dynamic``, CPU only, LoRA merged first).
 ``bf16_head`` is ``bf16`` plus the loss head's matmul in bf16 (logits, softmax and the
-cross-entropy in fp32): opt-in, its agreement with fp32 is in the README.
+cross-entropy in fp32): opt-in, its agreement with fp32 is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ BF16_MODES = ("bf16", "bf16_head")  # bf16 autocast below the target; bf16_head:
 PREFIX_MODULES = ("v_proj", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Agreement of each mode with the fp32 path, measured by bench/bench_effort.py on real Games
-# prompts (see README "Performance"); ``auto`` picks the fastest mode that met the aim.
+# prompts (see docs/performance.md); ``auto`` picks the fastest mode that met the aim.
 AGREEMENT_AIM = 0.99  # Spearman
 
 

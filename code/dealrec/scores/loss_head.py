@@ -9,7 +9,7 @@ weight w (the position's share in the loss, e.g. 1/T for a mean over T tokens):
 Autograd through ``F.cross_entropy(lm_head(h))`` keeps the logits and their log-softmax, fills a
 zero gradient of the same size, runs the log-softmax backward and (under autocast) casts the
 [tokens, V] tensors back and forth: on a CPU those passes over tokens × 49,152 floats cost more
-than the head's two matrix products (profile in README "Performance"). :func:`head_grad` computes
+than the head's two matrix products (profile in docs/performance.md). :func:`head_grad` computes
 the same gradient in chunks of positions, reusing one logits buffer in place: z, then exp(z − max)
 (the softmax numerator), then w·p − w·e_y, then its product with W. The caller feeds the result
 into the rest of the graph with ``torch.autograd.grad(h, wrt, grad_outputs=dh)``.
