@@ -155,7 +155,10 @@ def none_or(cast: Callable[[str], Any]) -> Callable[[str], Any]:
 def finite_float(s: str) -> float:
     """A float option's value: NaN and infinity are refused (no setting of the pipeline means them,
     and a NaN weight or rate would run a whole stage before anything noticed)."""
-    value = float(s)
+    try:
+        value = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {s!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
     return value

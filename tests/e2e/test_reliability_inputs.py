@@ -352,7 +352,7 @@ CASES: list[Case] = [
          ("--lamda: invalid float value: 'abc'",)),
     # -- unknown names
     Case("prune-surrogate", "unknown names", "prune.py", with_(PRUNE, "--surrogate", "Caser"),
-         ("unknown surrogate 'Caser'", "registered: BERT4Rec, GRU4Rec, SASRec")),
+         ("unknown surrogate 'Caser'", "registered: BERT4Rec, DCRec, GRU4Rec, SASRec")),
     Case("prune-strategy", "unknown names", "prune.py", with_(PRUNE, "--strategy", "bogus"),
          ("unknown --strategy 'bogus'", "registered:")),
     Case("prune-stage", "unknown names", "prune.py", with_(PRUNE, "--stage", "train"),

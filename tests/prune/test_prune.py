@@ -88,7 +88,7 @@ def forbid(monkeypatch, *names: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 BAD_ARGS = [
-    (["--surrogate", "Caser"], r"unknown surrogate 'Caser'; registered: BERT4Rec, GRU4Rec, SASRec"),
+    (["--surrogate", "Caser"], r"unknown surrogate 'Caser'; registered: BERT4Rec, DCRec, GRU4Rec, SASRec"),
     (["--lamda", "-0.5"], r"--lamda must be ≥ 0, got -0.5"),
     (["--k", "0"], r"--k \(number of strata\) must be > 0, got 0"),
     (["--hard_prune", "1.0"], r"--hard_prune must be in \[0, 1\), got 1.0"),
@@ -120,7 +120,7 @@ def test_bad_arguments_fail_before_any_work(cli, tmp_path, monkeypatch, args, me
 
 
 def test_config_validate_raises(tmp_path):
-    with pytest.raises(ValueError, match="registered: BERT4Rec, GRU4Rec, SASRec"):
+    with pytest.raises(ValueError, match="registered: BERT4Rec, DCRec, GRU4Rec, SASRec"):
         PruneConfig.flat(surrogate="nope").validate()
     with pytest.raises(ValueError, match="--lamda"):
         PruneConfig.flat(lamda=-1e-9).validate()

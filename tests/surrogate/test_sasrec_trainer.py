@@ -316,7 +316,7 @@ def test_loss_argument_errors():
 
 
 def test_surrogate_registry():
-    with pytest.raises(ValueError, match="unknown surrogate 'Caser'; registered: BERT4Rec, GRU4Rec, SASRec"):
+    with pytest.raises(ValueError, match="unknown surrogate 'Caser'; registered: BERT4Rec, DCRec, GRU4Rec, SASRec"):
         build_surrogate("Caser", 10, SurrogateConfig())
     try:
         @register_surrogate("Tiny")

@@ -91,7 +91,7 @@ def effort_key(cfg: PruneConfig, data: RecData) -> dict:
 
 def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
     scfg = cfg.surrogate.config()
-    model = build_surrogate(cfg.surrogate.name, data.n_items, scfg)
+    model = build_surrogate(cfg.surrogate.name, data.n_items, scfg, train=data.train)  # DCRec: this data's item graphs
     path = surrogate_file(cfg)
     ckpt = cfg.surrogate.checkpoint
     if ckpt:

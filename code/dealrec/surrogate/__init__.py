@@ -14,6 +14,10 @@ Registered here:
 - ``BERT4Rec`` — bidirectional Transformer with the cloze objective (full softmax at masked
   positions), the surrogate of the paper's robustness study.
 - ``GRU4Rec`` — a GRU over the sequence with SASRec's next-item loss.
+- ``DCRec`` — debiased contrastive learning (Yang et al., WWW 2023): SASRec's attention blocks,
+  GCN views of the training data's item-transition and co-interaction graphs, conformity-weighted
+  contrastive losses and an attention fusion scored by cross-entropy over all items; its item
+  graphs are built from the training samples and saved with its weights.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import torch
 from torch import nn
 
 from dealrec.surrogate.bert4rec import BERT4Rec, BERT4RecConfig
+from dealrec.surrogate.dcrec import DCRec, DCRecConfig
 from dealrec.surrogate.gru4rec import GRU4Rec, GRU4RecConfig
-from dealrec.surrogate.objective import NEXT_ITEM, Cloze, Objective, objective_of, trim_exact
+from dealrec.surrogate.objective import DCREC, NEXT_ITEM, Cloze, Objective, objective_of, trim_exact
 from dealrec.surrogate.sasrec import SASRec, SASRecConfig
 from dealrec.surrogate.trainer import SurrogateConfig
 
@@ -106,14 +111,21 @@ def surrogate_spec(name: str) -> SurrogateSpec:
         raise ValueError(f"unknown surrogate {name!r}; registered: {', '.join(sorted(SURROGATES))}") from None
 
 
-def build_surrogate(name: str, n_items: int, cfg: SurrogateConfig) -> nn.Module:
+def build_surrogate(
+    name: str, n_items: int, cfg: SurrogateConfig, train: list[list[int]] | None = None
+) -> nn.Module:
     """A freshly initialised surrogate: the initial weights depend on ``cfg.seed`` only (the
     global random state is left as it was). The model carries its registered objective
-    (``model.objective``) and ``trim_exact`` flag, which training, influence and evaluation read."""
+    (``model.objective``) and ``trim_exact`` flag, which training, influence and evaluation read.
+    ``train`` (0-based training sequences): for a surrogate whose objective takes data from its
+    training samples (DCRec's item graphs), prepare it from these sequences' samples, so that it
+    has the shape of a model trained on them (training prepares it again from its own samples)."""
     spec = surrogate_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = spec.factory(n_items, cfg)
+    if train is not None and spec.objective.uses_training_data:
+        spec.objective.prepare(model, spec.objective.build_samples(train, n_items, cfg.max_seq_length))
     if spec.objective is not NEXT_ITEM:
         model.objective = spec.objective
     if not spec.trim_exact:
@@ -188,8 +200,34 @@ def _gru4rec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
     )
 
 
+# DCRec (the authors' configuration: DCRecConfig holds every model and loss default). Influence
+# parameter: SASRec's exact counterpart, the output projection of the last Transformer block's
+# self-attention (DCRec's sequence encoder is SASRec's blocks under the same names): [d, d],
+# 4,096 values at d = 64, the last place where positions are mixed, and a linear layer (GraNd works
+# on it). Every term of the loss that reads the sequence — the fused cross-entropy and the
+# sequence-graph contrastive term — passes through it; the graph views, the conformity weights,
+# the graph-graph contrastive term and the KL regulariser do not depend on it (they are functions
+# of the item embeddings and the training graphs), so, as for SASRec, the score measures a sample
+# through what it teaches the sequence encoder. Training settings: the authors' hidden dropout
+# 0.5 and lr 1e-3 are SASRec's; attention dropout 0.1 is their Beauty setting. Kept from the
+# project's trainer, with the reasons: batches of 500 users, each with all its prefixes (the
+# authors' 2048 rows are single prefixes; 500 Games users hold about 2,100 prefixes, the same
+# order); validation Recall@5 every 5 epochs with patience 5 (the authors stop on their test
+# split's Recall@1 after 20 epochs without gain, out of 300), and no learning-rate schedule
+# (run_DCRec.py sets schedule_step = 30 for Beauty, which no code of the published source reads).
+@register_surrogate(
+    "DCRec",
+    influence_params=("item_encoder.layer.1.attention.dense.weight",),
+    objective=DCREC,
+    defaults={"attention_dropout": DCRecConfig.attention_probs_dropout_prob},
+)
+def _dcrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
+    return DCRec(DCRecConfig(**_transformer_fields(n_items, cfg)))
+
+
 __all__ = [
-    "NEXT_ITEM", "SASREC_INFLUENCE_PARAMS", "SURROGATES", "BERT4Rec", "Cloze", "GRU4Rec", "Objective", "SASRec",
+    "DCREC", "NEXT_ITEM", "SASREC_INFLUENCE_PARAMS", "SURROGATES", "BERT4Rec", "Cloze", "DCRec", "DCRecConfig",
+    "GRU4Rec", "Objective", "SASRec",
     "SurrogateConfig", "SurrogateSpec", "build_surrogate", "objective_of", "register_surrogate", "surrogate_spec",
     "trim_exact",
 ]

@@ -13,6 +13,10 @@ surrogate with another loss plugs in without any stage knowing its name.
   replaced by a ``[mask]`` token with probability ``mask_prob`` (at least one per sample),
   full-softmax cross-entropy at the masked positions; the next item is scored by appending a
   ``[mask]`` to the history and reading its state.
+- :data:`DCREC` (DCRec, Yang et al. 2023): the next-item samples, nothing drawn, full-softmax
+  cross-entropy at every target position plus DCRec's conformity-weighted contrastive losses
+  and KL regulariser (:mod:`dealrec.surrogate.dcrec_loss`); the model needs item graphs built
+  from its training samples (:meth:`Objective.prepare`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dealrec.surrogate.dcrec import dcrec_settings
+from dealrec.surrogate.dcrec_loss import dcrec_loss_terms
+from dealrec.surrogate.item_graphs import sample_items
 from dealrec.surrogate.loss import LossTerms, cloze_loss_terms, sample_loss_terms, split_batch_loss
 from dealrec.surrogate.samples import (
     DEFAULT_BUCKET_OVERHEAD,
@@ -39,10 +46,15 @@ class Objective:
     name = "next-item"
     uses_negatives = True  # whether --negatives (sampled / expected) means anything
     chunk_positions: int | None = None  # influence chunk size (users × length) if not the default
+    uses_training_data = False  # whether the model needs prepare() with its training samples
 
     # -- samples ------------------------------------------------------------------------------
     def build_samples(self, train: list[list[int]], n_items: int, max_len: int = 50) -> SampleTensors:
         return build_samples(train, n_items, max_len)
+
+    def prepare(self, model: nn.Module, samples: SampleTensors) -> None:
+        """Give the model what it takes from its training samples before training (nothing here;
+        DCRec: its item graphs)."""
 
     def draw(
         self, samples: SampleTensors, generator: torch.Generator, negatives: str = "sampled"
@@ -123,15 +135,7 @@ class Cloze(Objective):
         return cloze_loss_terms
 
     def error_norms(self, model, input_ids, target_pos, target_neg=None) -> torch.Tensor:  # noqa: ANN001
-        """EL2N of a softmax classifier (Paul et al.): ‖softmax(logits) − onehot(y)‖₂ per masked
-        position."""
-        h = model(input_ids)
-        mask = target_pos > 0
-        probs = torch.softmax(h[mask] @ model.item_embeddings.weight[1:].T, dim=-1)
-        probs[torch.arange(len(probs)), target_pos[mask] - 1] -= 1
-        out = torch.zeros(target_pos.shape, dtype=probs.dtype, device=probs.device)
-        out[mask] = probs.norm(dim=1)
-        return out
+        return softmax_error_norms(model, input_ids, target_pos)
 
     def next_state(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Append ``[mask]`` after the history (dropping the oldest column when the row would
@@ -142,6 +146,53 @@ class Cloze(Objective):
 
     def key(self) -> dict | None:
         return {"objective": self.name, "mask_prob": self.mask_prob}
+
+
+def softmax_error_norms(model: nn.Module, input_ids: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:
+    """EL2N of a softmax classifier (Paul et al.): ‖softmax(logits) − onehot(y)‖₂ per target
+    position [B, L] (0 elsewhere), the logits over all real items."""
+    h = model(input_ids)
+    mask = target_pos > 0
+    probs = torch.softmax(h[mask] @ model.item_embeddings.weight[1:].T, dim=-1)
+    probs[torch.arange(len(probs)), target_pos[mask] - 1] -= 1
+    out = torch.zeros(target_pos.shape, dtype=probs.dtype, device=probs.device)
+    out[mask] = probs.norm(dim=1)
+    return out
+
+
+class DCRecObjective(Objective):
+    """DCRec's objective on the next-item samples. The model must be a
+    :class:`~dealrec.surrogate.dcrec.DCRec`; its loss settings are its ``cfg``'s."""
+
+    name = "dcrec"
+    uses_negatives = False
+    uses_training_data = True
+    # Every target position costs three softmaxes over all items (cross-entropy and two
+    # contrastive terms): half the cloze chunks.
+    chunk_positions = 2048
+
+    def prepare(self, model: nn.Module, samples: SampleTensors) -> None:
+        """The item graphs, from the items the samples read (their inputs and last targets)."""
+        model.set_graphs(sample_items(samples.input_ids, samples.target_pos))
+
+    def draw(
+        self, samples: SampleTensors, generator: torch.Generator, negatives: str = "sampled"
+    ) -> tuple[SampleTensors, torch.Tensor | None]:
+        return samples, None  # nothing is drawn per sample
+
+    @property
+    def loss_terms(self) -> LossTerms:
+        return dcrec_loss_terms
+
+    def error_norms(self, model, input_ids, target_pos, target_neg=None) -> torch.Tensor:  # noqa: ANN001
+        """EL2N of the cross-entropy part (the fused state's softmax over all items)."""
+        return softmax_error_norms(model, input_ids, target_pos)
+
+    def key(self) -> dict | None:
+        return {"objective": self.name, **dcrec_settings()}
+
+
+DCREC = DCRecObjective()
 
 
 def objective_of(model: nn.Module) -> Objective:

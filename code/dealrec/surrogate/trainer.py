@@ -13,7 +13,9 @@ gradient as the original padded batch (``batching="padded"``) at a fraction of t
 most Games sequences are far shorter than ``max_seq_length``.
 
 The samples, their random part (negatives, or BERT4Rec's masks), the loss and the next-item
-prediction come from the model's objective (:mod:`dealrec.surrogate.objective`); a model whose
+prediction come from the model's objective (:mod:`dealrec.surrogate.objective`), which also
+prepares the model from the training samples before the first epoch (DCRec builds its item
+graphs from exactly the samples it trains on); a model whose
 outputs depend on the amount of left padding (``trim_exact`` False) is trained and evaluated on
 full-width padded batches whatever ``batching`` says.
 """
@@ -169,6 +171,7 @@ def train_surrogate(
         split = False
     train_seqs = data.train if train_users is None else [data.train[u] for u in train_users]
     samples = objective.build_samples(train_seqs, data.n_items, cfg.max_seq_length)
+    objective.prepare(model, samples)  # what the model takes from its training data (DCRec: item graphs)
     valid, test = eval_sets(data, cfg.max_seq_length)
     model.to(device)
     optim = torch.optim.Adam(
