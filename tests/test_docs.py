@@ -20,8 +20,10 @@ README_MAX_BYTES = 20_000
 # of them is skipped only while the file does not exist; once it exists, the link is checked as usual.
 PENDING = frozenset({"docs/own-data.md", "docs/tiger.md"})
 
-# Words that narrate how the project got here rather than what it is.
-HISTORY = re.compile(r"issue [0-9]+|sitting|superseded|earlier session|first attempt|as before", re.IGNORECASE)
+# Words that narrate how the project got here rather than what it is (split in this source so
+# that the same search over the tests does not find the list itself).
+HISTORY = re.compile("|".join(("issue [0-9]+", "sit" "ting", "super" "seded", "earlier " "session",
+                               "first " "attempt", "as " "before", "old " "flat")), re.IGNORECASE)
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
