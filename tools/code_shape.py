@@ -8,7 +8,8 @@ Rules (``tests/test_layout.py`` asserts them):
 - at most 12 modules at the top level of ``code/dealrec/``; everything else in a subpackage;
 - imports point one way: ``core`` imports nothing else of the package, ``data`` only ``core``,
   and the LLM half (``llm``) never the pruning half (``surrogate``, ``scores``, ``select``,
-  ``prune``) or the study.
+  ``prune``), the study or TIGER (``tiger``), which in turn never imports the pruning half or the
+  study.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION, MAX_CLASS, MAX_TOP_MODULES = 80, 200, 12
 # subpackage -> the parts of the package it must not import
 FORBIDDEN = {
-    "core": ("config", "presets", "metrics", "data", "llm", "surrogate", "scores", "select", "prune", "study"),
-    "data": ("llm", "surrogate", "scores", "select", "prune", "study"),
-    "llm": ("surrogate", "scores", "select", "prune", "study"),
+    "core": ("config", "presets", "metrics", "data", "llm", "surrogate", "scores", "select", "prune", "study",
+             "tiger"),
+    "data": ("llm", "surrogate", "scores", "select", "prune", "study", "tiger"),
+    "llm": ("surrogate", "scores", "select", "prune", "study", "tiger"),
     "surrogate": ("llm", "scores", "select", "prune", "study"),
     "select": ("llm", "surrogate", "scores", "prune", "study"),
+    "tiger": ("surrogate", "scores", "select", "prune", "study"),
 }
 
 
