@@ -79,7 +79,8 @@ STUDY_PRESETS: dict[str, Preset] = {
     # pruning CLI's effort default, so effort scores computed by prune.py can be reused). LoRA
     # runs under bf16 autocast where the CPU has native bf16 (1.7x, loss within seed noise; fp32
     # elsewhere, and the run's key says which ran); greedy batches of 32 (the fastest measured on
-    # 2 cores, records/bench/gen_greedy_batches.json).
+    # 2 cores, records/bench/gen_greedy_batches.json). TIGER (the paper's second backend, Table 2)
+    # trained on the selection and scored on every test user, with 10 seeds.
     "full": {
         "prune.select.n_fewshot": 1024, "strategies": FULL_STRATEGIES, "seeds": (0, 1, 2),
         "sasrec_seeds": (0, 1, 2, 3, 4), "reference_seeds": (0,), "prune.max_users": None, "test_users": 2000, "test_seed": 0,
@@ -87,5 +88,6 @@ STUDY_PRESETS: dict[str, Preset] = {
         "finetune.learning_rate": 2e-3, "finetune.warmup_steps": 4, "finetune.train_on_inputs": False,
         "finetune.val_set_size": 32, "finetune.eval_steps": 64, "finetune.precision": "auto",
         "generate.num_beams": 1, "generate.max_new_tokens": 24, "generate.batch_size": 32,
+        "signals": ("llm", "sasrec", "tiger"), "tiger_seeds": tuple(range(10)),
     },
 }

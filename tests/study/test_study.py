@@ -229,7 +229,7 @@ def test_full_preset():
     assert cfg.n == 1024 and cfg.pool_users is None and cfg.test_users == 2000
     assert {"dealrec", "dealrec-stable", "random", "influence", "effort", "greedy"} <= set(cfg.strategies)
     assert len(cfg.seeds) >= 3 and len(cfg.signal_seeds["sasrec"]) >= 5 and set(cfg.seeds) <= set(cfg.sasrec_seeds)
-    assert cfg.record_folder == Path("records/study/full") and cfg.all_seeds == cfg.sasrec_seeds
+    assert cfg.record_folder == Path("records/study/full") and cfg.all_seeds == cfg.tiger_seeds
     assert cfg.reference_row_seeds == (0,) and StudyConfig.flat(sasrec_seeds=(3, 4)).reference_row_seeds == (3, 4)
     with pytest.raises(ValueError, match="--signals"):
         StudyConfig.flat(signals=("llm", "bert")).validate()

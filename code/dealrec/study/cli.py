@@ -21,7 +21,7 @@ from dealrec.presets import STUDY_PRESETS as PRESETS
 from dealrec.study.config import PER_RUN_FLAGS, RECORDS_ROOT, STUDY_ALIASES, StudyConfig
 from dealrec.study.runner import ONLY, run_study
 
-USAGE = """Reproduction study: DEALRec against random and the baselines, few-shot BIGRec + SASRec signals.
+USAGE = """Reproduction study: DEALRec against random and the baselines, few-shot BIGRec + SASRec (+ TIGER) signals.
 
     python -m dealrec.study --preset cpu             # 2 CPU cores, the embedded model
     python -m dealrec.study --preset gpu --gpu_id 0  # the paper's scale (n = 1024, all test users)

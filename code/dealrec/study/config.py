@@ -1,12 +1,13 @@
 """The study's configuration: :class:`StudyConfig` and the one declaration of its flat settings.
 
 A :class:`StudyConfig` holds a :class:`~dealrec.prune.config.PruneConfig`, a
-:class:`~dealrec.llm.finetune.FinetuneConfig` and an :class:`~dealrec.llm.generate.InferenceConfig`
-plus the study's own settings. :data:`SETTINGS` declares, once and in the order in which
-``config.json`` and ``REPORT.md`` list them, the study's flat names: each either stands for one or
-more section settings (``n`` = ``prune.select.n_fewshot``; the study's default for them when it
-differs from the section's own) or is a field of :class:`StudyConfig`. The alias table, the
-sections' defaults and the summary order are derived from it.
+:class:`~dealrec.llm.finetune.FinetuneConfig`, an :class:`~dealrec.llm.generate.InferenceConfig`
+and a :class:`~dealrec.tiger.cli.TigerConfig` plus the study's own settings. :data:`SETTINGS`
+declares, once and in the order in which ``config.json`` and ``REPORT.md`` list them, the study's
+flat names: each either stands for one or more section settings (``n`` =
+``prune.select.n_fewshot``; the study's default for them when it differs from the section's own)
+or is a field of :class:`StudyConfig`. The alias table, the sections' defaults and the summary
+order are derived from it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from dealrec.presets import STUDY_PRESETS as PRESETS
 from dealrec.prune.config import PruneConfig
 from dealrec.select import STRATEGIES, strategy_spec
 from dealrec.surrogate.trainer import SurrogateConfig
+from dealrec.tiger.cli import TigerConfig
 
-SIGNALS = ("llm", "sasrec")
-SECTIONS = ("prune", "finetune", "generate")
+SIGNALS = ("llm", "sasrec", "tiger")
+# The signals a study plans whatever ``signals`` says (its report shows every recorded run of
+# them); TIGER's runs are planned only where ``signals`` names it.
+DEFAULT_SIGNALS = ("llm", "sasrec")
+SECTIONS = ("prune", "finetune", "generate", "tiger")
 # The folder of a named preset's records, relative to the repository (or working directory).
 RECORDS_ROOT = Path("records") / "study"
 
@@ -46,7 +51,7 @@ class StudySetting:
 
 _SEEDS = ("prune.surrogate.train.seed", "prune.influence.seed", "prune.effort.seed", "prune.select.seed")
 _CUTOFF = ("prune.effort.cutoff_len", "finetune.cutoff_len", "generate.cutoff_len")
-_MODEL = ("prune.effort.base_model", "finetune.base_model", "generate.base_model")
+_MODEL = ("prune.effort.base_model", "finetune.base_model", "generate.base_model", "tiger.base_model")
 
 SETTINGS: tuple[StudySetting, ...] = (
     StudySetting("data_dir", ("prune.data_dir",)),
@@ -94,7 +99,15 @@ SETTINGS: tuple[StudySetting, ...] = (
     StudySetting("ground_precision"),
     StudySetting("reference_seeds"),
     StudySetting("signals"),
+    StudySetting("tiger_seeds"),
     StudySetting("logging_steps", ("finetune.logging_steps",), 1, summary=False),
+    # last parts that a TIGER setting shares with the pruning or generation section: these short
+    # names stand for the latter (only a unique last part is a short name by itself)
+    StudySetting("weight_decay", ("prune.surrogate.train.weight_decay",), summary=False),
+    StudySetting("patience", ("prune.surrogate.train.patience",), summary=False),
+    StudySetting("dropout", ("prune.surrogate.train.dropout",), summary=False),
+    StudySetting("ks", ("prune.surrogate.train.ks",), summary=False),
+    StudySetting("progress", ("generate.progress",), summary=False),
 )
 
 STUDY_ALIASES: dict[str, Alias] = {s.name: Alias(s.targets, note=s.note) for s in SETTINGS if s.targets}
@@ -121,8 +134,13 @@ PER_RUN: dict[str, tuple[str, ...]] = {
     "prune": ("score_dir", "selected_dir"),
     "finetune": ("train_file", "val_file", "output_dir"),
     "generate": ("test_file", "result_file", "lora_weights"),
+    "tiger": ("train_data_path", "val_data_path", "test_data_path", "output_dir", "result_file"),
 }
-PER_RUN_FLAGS = tuple(f"{section}.{name}" for section, names in PER_RUN.items() for name in names)
+# Settings of a section that the study sets per run from its own (the run's seed, the data set,
+# the device; TIGER scores every test user of the data set): not options of its command line either.
+FROM_STUDY: dict[str, tuple[str, ...]] = {"tiger": ("seed", "gpu", "data_dir", "data_name", "max_test_users")}
+PER_RUN_FLAGS = tuple(f"{section}.{name}" for table in (PER_RUN, FROM_STUDY) for section, names in table.items()
+                      for name in names)
 
 
 def per_run(section: str, cfg: Any, **paths: Any) -> Any:
@@ -147,8 +165,9 @@ class StudyConfig(FlatView):
     # a named preset (relative to the working directory; the study's command line anchors it at
     # the repository), else <out>/records
     record_dir: str | None = None
-    # which signals `--only runs` computes (the report shows every recorded run of both)
-    signals: tuple[str, ...] = SIGNALS
+    # which signals `--only runs` computes (the report shows every recorded run of the planned
+    # signals: llm and sasrec always, tiger where named here)
+    signals: tuple[str, ...] = DEFAULT_SIGNALS
     # second signal: SASRec trained on the selection only
     sasrec_seeds: tuple[int, ...] | None = None  # its seeds (None: seeds); cheap, so it may have more
     # the seeds of the full-data reference row (SASRec on every candidate; None: sasrec_seeds)
@@ -156,9 +175,12 @@ class StudyConfig(FlatView):
     sasrec_epochs: int = 100
     sasrec_eval_every: int = 10
     sasrec_patience: int = 2
+    # third signal: TIGER trained on the selection only; its seeds (None: seeds)
+    tiger_seeds: tuple[int, ...] | None = None
     prune: PruneConfig = field(default_factory=lambda: override(PruneConfig(), STUDY_DEFAULTS["prune"]))
     finetune: FinetuneConfig = field(default_factory=lambda: override(FinetuneConfig(), STUDY_DEFAULTS["finetune"]))
     generate: InferenceConfig = field(default_factory=lambda: override(InferenceConfig(), STUDY_DEFAULTS["generate"]))
+    tiger: TigerConfig = field(default_factory=lambda: override(TigerConfig(), STUDY_DEFAULTS["tiger"]))
 
     @staticmethod
     def _aliases() -> dict[str, Alias]:
@@ -197,8 +219,15 @@ class StudyConfig(FlatView):
 
     @property
     def signal_seeds(self) -> dict[str, tuple[int, ...]]:
-        """The seeds of each signal: the LLM's ``seeds``, SASRec's ``sasrec_seeds`` (or ``seeds``)."""
-        return {"llm": tuple(self.seeds), "sasrec": tuple(self.sasrec_seeds or self.seeds)}
+        """The seeds of each signal: the LLM's ``seeds``, SASRec's ``sasrec_seeds`` and TIGER's
+        ``tiger_seeds`` (each: or ``seeds``)."""
+        return {"llm": tuple(self.seeds), "sasrec": tuple(self.sasrec_seeds or self.seeds),
+                "tiger": tuple(self.tiger_seeds or self.seeds)}
+
+    @property
+    def planned_signals(self) -> tuple[str, ...]:
+        """The signals whose runs the study plans: :data:`DEFAULT_SIGNALS` and those of ``signals``."""
+        return tuple(s for s in SIGNALS if s in DEFAULT_SIGNALS or s in self.signals)
 
     @property
     def reference_row_seeds(self) -> tuple[int, ...]:
@@ -207,8 +236,9 @@ class StudyConfig(FlatView):
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
-        """Every seed of either signal (a selection per strategy and seed), in order."""
-        return tuple(dict.fromkeys((*self.seeds, *(self.sasrec_seeds or ()))))
+        """Every seed of a planned signal (a selection per strategy and seed), in order."""
+        seeds = self.signal_seeds
+        return tuple(dict.fromkeys(s for signal in self.planned_signals for s in seeds[signal]))
 
     def validate(self) -> None:
         """Fail before any expensive work, naming the argument: the study's own settings here,
@@ -222,7 +252,9 @@ class StudyConfig(FlatView):
                 raise ValueError(f"--{name} must be > 0 (or omitted), got {v}")
         if self.sasrec_epochs < 1:
             raise ValueError(f"--sasrec_epochs must be ≥ 1, got {self.sasrec_epochs}")
-        models = {self.prune.effort.base_model, self.finetune.base_model, self.generate.base_model}
+        self._check_tiger()
+        models = {self.prune.effort.base_model, self.finetune.base_model, self.generate.base_model,
+                  self.tiger.base_model}
         if len(models) > 1:
             raise ValueError(f"--base_model: the sections name different models {sorted(map(str, models))}; set one")
         self.finetune.check_settings()
@@ -241,10 +273,22 @@ class StudyConfig(FlatView):
             raise ValueError(f"--strategies lists a strategy twice: {list(self.strategies)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and non-empty, got {list(self.seeds)}")
-        if self.sasrec_seeds is not None and (not self.sasrec_seeds or len(set(self.sasrec_seeds)) != len(self.sasrec_seeds)):
-            raise ValueError(f"--sasrec_seeds must be distinct and non-empty (or omitted), got {list(self.sasrec_seeds)}")
+        for name in ("sasrec_seeds", "tiger_seeds"):
+            seeds = getattr(self, name)
+            if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+                raise ValueError(f"--{name} must be distinct and non-empty (or omitted), got {list(seeds)}")
         if self.reference_seeds is not None and len(set(self.reference_seeds)) != len(self.reference_seeds):
             raise ValueError(f"--reference_seeds must be distinct, got {list(self.reference_seeds)}")
+
+    def _check_tiger(self) -> None:
+        """The TIGER section's settings (its own check, the per-run paths aside), and the cutoffs
+        the report reads among its ``ks``."""
+        from dealrec.study.report import REPORT_KS
+
+        self.tiger_config(*(Path("-"),) * len(PER_RUN["tiger"]), seed=0).check()
+        missing = sorted(set(REPORT_KS) - set(self.tiger.ks))
+        if missing:
+            raise ValueError(f"--tiger.ks must include the report's cutoffs {list(REPORT_KS)}; {missing} missing")
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
         """The pruning configuration of ``strategy`` (its registered scoring settings applied).
@@ -272,6 +316,22 @@ class StudyConfig(FlatView):
         return SurrogateConfig(
             epochs=self.sasrec_epochs, eval_every=self.sasrec_eval_every, patience=self.sasrec_patience, seed=seed
         )
+
+    def tiger_config(self, train_data_path: Path, val_data_path: Path, test_data_path: Path, output_dir: Path,
+                     result_file: Path, seed: int) -> TigerConfig:
+        """TIGER's configuration of one run: the section with the run's paths and what the study
+        sets from its own (:data:`FROM_STUDY`: the seed, the data set, the device, every test user)."""
+        cfg = per_run("tiger", self.tiger, train_data_path=train_data_path, val_data_path=val_data_path,
+                      test_data_path=test_data_path, output_dir=output_dir, result_file=result_file)
+        return dataclasses.replace(cfg, seed=seed, data_dir=str(self.data_dir), data_name=self.data_name,
+                                   base_model=self.base_model, gpu=gpu_id(self.device), max_test_users=None)
+
+
+def gpu_id(device: str) -> str:
+    """The ``--gpu`` value of TIGER's command line for a torch device name (``cpu``, ``cuda``,
+    ``cuda:1``): ``cpu`` or the GPU index."""
+    kind, _, index = str(device).partition(":")
+    return "cpu" if kind != "cuda" else index or "0"
 
 
 def _check_declaration() -> None:

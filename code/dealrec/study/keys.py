@@ -15,11 +15,14 @@ from dealrec.core.cache import cache_key
 from dealrec.core.model_id import model_id
 from dealrec.llm.ground import POOLING
 from dealrec.select import strategy_spec
-from dealrec.study.config import PER_RUN, StudyConfig
+from dealrec.study.config import FROM_STUDY, PER_RUN, StudyConfig
 from dealrec.study.records import users_key
 
 # Effort settings that change only speed or memory, never a score.
 EFFORT_THROUGHPUT = ("max_batch_tokens", "max_batch_size", "chunk_size", "force_precision", "prefix_reuse")
+# TIGER settings outside its key: the per-run paths, what the study sets from its own (the seed,
+# the data set and the model are keyed by themselves), and what changes only speed or the log.
+TIGER_NOT_IN_KEY = (*PER_RUN["tiger"], *FROM_STUDY["tiger"], "base_model", "progress", "decode_batch_size")
 
 
 def selection_params(cfg: StudyConfig, train_hash: str, strategy: str, seed: int) -> dict[str, Any]:
@@ -67,3 +70,14 @@ def sasrec_params(cfg: StudyConfig, train_hash: str, seed: int, users: list[int]
     """What determines a SASRec run: the data, the training users, the training settings."""
     return {"data_name": cfg.data_name, "train": train_hash, "users": cache_key({"u": sorted(users)}),
             "config": cfg.sasrec_config(seed).key()}
+
+
+def tiger_params(cfg: StudyConfig, train_hash: str, seed: int, users: list[int],
+                 test_users: list[int]) -> dict[str, Any]:
+    """What determines a TIGER run: the data, the training users, TIGER's settings, the seed, the
+    base model (its title embeddings are the items' content) and the test users."""
+    tiger = dataclasses.asdict(cfg.tiger)
+    for k in TIGER_NOT_IN_KEY:
+        tiger.pop(k)
+    return {"data_name": cfg.data_name, "train": train_hash, "users": cache_key({"u": sorted(users)}),
+            "tiger": tiger, "seed": seed, "model": model_id(cfg.base_model), "test_users": users_key(test_users)}

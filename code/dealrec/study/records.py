@@ -6,6 +6,7 @@ report needs and nothing heavy:
 - ``selection/<strategy>_s<seed>.json`` — the selected user indices and the selection's summary;
 - ``llm/<strategy>_s<seed>.json`` — the LLM signal's metrics, timings and its configuration;
 - ``sasrec/<label>_s<seed>.json`` — the SASRec signal's metrics;
+- ``tiger/<label>_s<seed>.json`` — the TIGER signal's metrics and timings;
 - ``<signal>/<name>.hits.json`` — per test user (the order of ``users/<signal>.json``), the
   0-based rank of each of its targets within the top max(K), or -1 (one compact JSON line);
 - ``users/<signal>.json`` — the test users of a signal (the same for every run of it).
@@ -27,8 +28,8 @@ from typing import Any
 
 from dealrec.core.cache import cache_key
 from dealrec.core.files import jsonable, read_json, write_compact_json, write_text
+from dealrec.study.config import SIGNALS
 
-SIGNALS = ("llm", "sasrec")
 _NUMBER_LIST = re.compile(r"\[(?:\s|[-+\d.eE,]|null|NaN)*\]")
 
 

@@ -36,8 +36,16 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
         "Full data": (0.0169, 0.0233, 0.0102, 0.0120),
     },
 }
+# Paper Table 2, the TIGER backend at the same n: Recall@10, Recall@20, NDCG@10, NDCG@20.
+PAPER_TIGER: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "games": {
+        "DEALRec": (0.0074, 0.0114, 0.0062, 0.0074),
+        "Random": (0.0062, 0.0102, 0.0039, 0.0051),
+    },
+}
 PAPER_N = 1024  # the paper's few-shot sample count in Table 2
 PAPER_NOTE = f"BIGRec with LLaMA-7B, n = {PAPER_N}, all test users, 4 GPUs (paper Table 2)"
+SIGNAL_NAMES = {"llm": "LLM", "sasrec": "SASRec", "tiger": "TIGER"}
 
 REFERENCE = "all candidates"  # SASRec trained on every candidate user (the full-data row)
 BASELINE = "random"  # what the paired table compares every strategy with
@@ -180,7 +188,7 @@ def _pending_section(pending: list[tuple[str, str, int]]) -> list[str]:
     by: dict[tuple[str, str], list[int]] = {}
     for signal, label, seed in pending:
         by.setdefault((signal, label), []).append(seed)
-    runs = "; ".join(f"{'LLM' if sig == 'llm' else 'SASRec'} {label} seeds {seeds}" for (sig, label), seeds in by.items())
+    runs = "; ".join(f"{SIGNAL_NAMES[sig]} {label} seeds {seeds}" for (sig, label), seeds in by.items())
     return ["## Partial report", "",
             f"{len(pending)} planned run(s) have no record yet ({runs}). The tables below cover the recorded runs "
             "only; the paired table pairs the seeds that both a strategy and `random` have. Rerun the study with "
@@ -209,20 +217,28 @@ class StudyFacts:
     seed_free: tuple[str, ...] = ()  # strategies whose recorded selection is the same for every seed
 
 
-def _per_run_table(llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]]) -> list[str]:
-    """One row per (strategy, seed) of either signal; – where a signal has no run for that seed."""
-    llm = {(r["strategy"], r["seed"]): r for r in llm_rows}
-    sas = {(r["strategy"], r["seed"]): r for r in sas_rows}
-    keys = list(dict.fromkeys([*llm, *sas]))
-    keys.sort(key=lambda k: [r["strategy"] for r in [*llm_rows, *sas_rows]].index(k[0]))
+Rows = dict[str, list[dict[str, Any]]]  # {signal: per-run rows}
+
+
+def shows_tiger(cfg: Any, rows: Rows) -> bool:
+    """Whether the report has TIGER's parts: its runs are planned, or some are recorded."""
+    return "tiger" in cfg.planned_signals or bool(rows.get("tiger"))
+
+
+def _per_run_table(rows: Rows, signals: Sequence[str]) -> list[str]:
+    """One row per (strategy, seed) of any of ``signals``; – where a signal has no run for that seed."""
+    by = {sig: {(r["strategy"], r["seed"]): r for r in rows.get(sig, [])} for sig in signals}
+    keys = list(dict.fromkeys(k for sig in signals for k in by[sig]))
+    order = [r["strategy"] for sig in signals for r in rows.get(sig, [])]
+    keys.sort(key=lambda k: order.index(k[0]))
 
     def cells(r: dict[str, Any] | None) -> str:
         return " | ".join("–" if r is None else f"{r[m]:.4f}" for m in METRICS)
 
-    return ["| strategy | seed | " + " | ".join(f"LLM {m}" for m in METRICS) + " | "
-            + " | ".join(f"SASRec {m}" for m in METRICS) + " |",
-            "|" + "---|" * (2 + 2 * len(METRICS)),
-            *[f"| {s} | {seed} | {cells(llm.get((s, seed)))} | {cells(sas.get((s, seed)))} |" for s, seed in keys]]
+    return ["| strategy | seed | " + " | ".join(f"{SIGNAL_NAMES[sig]} {m}" for sig in signals for m in METRICS) + " |",
+            "|" + "---|" * (2 + len(signals) * len(METRICS)),
+            *[f"| {s} | {seed} | " + " | ".join(cells(by[sig].get((s, seed))) for sig in signals) + " |"
+              for s, seed in keys]]
 
 
 def _scale_note(cfg: Any, n_test: int | str, n_all_test: int) -> str:
@@ -236,7 +252,10 @@ def _scale_note(cfg: Any, n_test: int | str, n_all_test: int) -> str:
     return ", ".join(parts)
 
 
-def _header(cfg: Any, facts: StudyFacts) -> list[str]:
+def _header(cfg: Any, facts: StudyFacts, tiger: bool) -> list[str]:
+    seeds = cfg.signal_seeds
+    over = (f"seeds {list(cfg.seeds)} (LLM), {list(seeds['sasrec'])} (SASRec) and {list(seeds['tiger'])} (TIGER)"
+            if tiger else f"seeds {list(cfg.seeds)} (LLM) and {list(seeds['sasrec'])} (SASRec)")
     return [
         f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
         "",
@@ -245,15 +264,22 @@ def _header(cfg: Any, facts: StudyFacts) -> list[str]:
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
         f"LLM: {model_id(cfg.base_model)}. Candidates: {facts.n_candidates} eligible users among the first "
         f"{facts.pool_users} of {facts.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
-        f"seeds {list(cfg.seeds)} (LLM) and {list(cfg.signal_seeds['sasrec'])} (SASRec); the seed drives the "
-        "selection and the training.",
+        f"{over}; the seed drives the selection and the training.",
         "",
     ]
 
 
-def _signal_sections(cfg: Any, facts: StudyFacts, llm_rows: list[dict[str, Any]],
-                     sas_rows: list[dict[str, Any]]) -> list[str]:
-    """The mean ± std tables of both signals, with the paper's rows beside the LLM's."""
+def _seed_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """{strategy: its number of runs (seeds)}."""
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["strategy"]] = out.get(r["strategy"], 0) + 1
+    return out
+
+
+def _signal_sections(cfg: Any, facts: StudyFacts, rows: Rows) -> list[str]:
+    """The mean ± std tables of the LLM and SASRec signals, with the paper's rows beside the LLM's."""
+    llm_rows, sas_rows = rows["llm"], rows["sasrec"]
     llm_sum, sas_sum = summarize(llm_rows), summarize(sas_rows)
     seeds = {s: sum(1 for r in llm_rows if r["strategy"] == s) for s in llm_sum}
     sas_seeds = {s: sum(1 for r in sas_rows if r["strategy"] == s) for s in sas_sum}
@@ -286,6 +312,42 @@ def _signal_sections(cfg: Any, facts: StudyFacts, llm_rows: list[dict[str, Any]]
     ]
 
 
+def _tiger_section(cfg: Any, facts: StudyFacts, tiger_rows: list[dict[str, Any]]) -> list[str]:
+    """The mean ± std table of the TIGER signal, with the paper's TIGER rows beside it."""
+    n_test = tiger_rows[0]["n_users"] if tiger_rows else (facts.n_all_test or "all")
+    t = cfg.tiger
+    table = (markdown_table(summarize(tiger_rows), _seed_counts(tiger_rows), PAPER_TIGER.get(cfg.data_name))
+             if tiger_rows else "No TIGER run recorded yet.")
+    return [
+        "## TIGER trained on the selection (third signal)",
+        "",
+        f"TIGER: semantic IDs by residual k-means ({t.quantizer.levels} levels of {t.quantizer.codebook_size} "
+        f"codes) over the base LLM's title embeddings, a T5 ({t.model.num_layers}+{t.model.num_decoder_layers} "
+        f"layers, d_model {t.model.d_model}) trained from scratch on the n selected users' sequences, every test "
+        f"user ({n_test} users, all {facts.n_items} items) ranked by constrained beam search ({t.num_beams} beams). "
+        f"`{REFERENCE}` trains on every candidate ({facts.n_candidates} users): the full-data reference. The "
+        f"paper's rows are TIGER at n = {PAPER_N} (paper Table 2): compare the ordering of the rows, not the values.",
+        "",
+        table,
+        "",
+    ]
+
+
+def _power_section(name: str, power: list[str]) -> list[str]:
+    if not power:
+        return []
+    return [f"Power ({name}): how much paired data (seeds × test users, in multiples of this study's) a "
+            "difference of the paper's relative size needs to be detected at the 5 % level with 80 % power:", "",
+            *power, ""]
+
+
+def _tiger_paired(paired: dict[str, Any], n_test: int | str, data_name: str) -> list[str]:
+    """TIGER's paired table and the power to detect the paper's TIGER gain (strategies only)."""
+    results = paired.get("tiger", {})
+    power = power_lines({s: r for s, r in results.items() if s != REFERENCE}, PAPER_TIGER.get(data_name))
+    return [*_paired_section("TIGER on the selection", results, n_test), *_power_section("TIGER signal", power)]
+
+
 def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int | str,
                      paper: dict[str, tuple[float, ...]] | None, seed_free: Sequence[str]) -> list[str]:
     power = power_lines(paired.get("llm", {}), paper)
@@ -310,16 +372,16 @@ def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int 
         "",
         *([same, ""] if same else []),
         *_paired_section("Few-shot BIGRec (LLM signal)", paired.get("llm", {}), n_test),
-        *(["Power (LLM signal): how much paired data (seeds × test users, in multiples of this study's) a "
-           "difference of the paper's relative size needs to be detected at the 5 % level with 80 % power:", "",
-           *power, ""] if power else []),
+        *_power_section("LLM signal", power),
         *_paired_section("SASRec on the selection", paired.get("sasrec", {}), n_sas_test),
     ]
 
 
-def stage_seconds(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
-                  prune_t: dict[str, float]) -> tuple[list[str], float]:
-    """The table rows of mean seconds per stage and strategy, and the sum of all stage times."""
+def stage_seconds(cfg: Any, rows: Rows, prune_t: dict[str, float],
+                  tiger: bool = False) -> tuple[list[str], float]:
+    """The table rows of mean seconds per stage and strategy (with ``tiger``, TIGER's train +
+    decode seconds as the last column), and the sum of all stage times."""
+    llm_rows, sas_rows, tiger_rows = rows["llm"], rows["sasrec"], rows.get("tiger", [])
     stage_rows = []
     for s in cfg.strategies:
         rs = [r for r in llm_rows if r["strategy"] == s]
@@ -327,14 +389,19 @@ def stage_seconds(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[
         cells = [float(np.mean([r.get(k, math.nan) for r in rs])) if rs else math.nan
                  for k in ("finetune", "generate", "ground")]
         cells.append(float(np.mean([r["seconds"] for r in sr])) if sr else math.nan)
+        if tiger:
+            tr = [r["train_seconds"] + r["decode_seconds"] for r in tiger_rows if r["strategy"] == s]
+            cells.append(float(np.mean(tr)) if tr else math.nan)
         stage_rows.append(f"| {s} | " + " | ".join("–" if math.isnan(c) else f"{c:.0f}" for c in cells) + " |")
     total = sum(prune_t.values()) + sum(r.get(k, 0.0) for r in llm_rows for k in ("finetune", "generate", "ground"))
     total += sum(r["seconds"] for r in sas_rows)
+    total += sum(r["train_seconds"] + r["decode_seconds"] for r in tiger_rows)
     return stage_rows, total
 
 
 def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, float],
-                    wall_seconds: float | None) -> list[str]:
+                    wall_seconds: float | None, tiger: bool) -> list[str]:
+    head = "| strategy | fine-tune | generate | ground | SASRec on selection |"
     return [
         "## Wall-clock time per stage (seconds)",
         "",
@@ -342,8 +409,8 @@ def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, floa
         + f"; sum of all stage times {total:.0f}"
         + (f"; wall clock of this call {wall_seconds:.0f}" if wall_seconds else "") + ".",
         "",
-        "| strategy | fine-tune | generate | ground | SASRec on selection |",
-        "|---|---|---|---|---|",
+        head + " TIGER on selection (train + decode) |" if tiger else head,
+        "|---|---|---|---|---|" + ("---|" if tiger else ""),
         *stage_rows,
         "",
         "Means over seeds; a stage reused from disk keeps the time of the run that made it.",
@@ -351,23 +418,29 @@ def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, floa
     ]
 
 
-def render_report(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]], facts: StudyFacts,
-                  paired: dict[str, Any], wall_seconds: float | None = None) -> str:
-    """The Markdown of ``REPORT.md``: header, both signals' tables, the paired differences, the
-    stage times, every run, the configuration and the chart."""
+def render_report(cfg: Any, rows: Rows, facts: StudyFacts, paired: dict[str, Any],
+                  wall_seconds: float | None = None) -> str:
+    """The Markdown of ``REPORT.md``: header, every signal's table, the paired differences, the
+    stage times, every run, the configuration and the chart. TIGER's parts appear where
+    :func:`shows_tiger`."""
+    llm_rows, sas_rows, tiger_rows = rows["llm"], rows["sasrec"], rows.get("tiger", [])
+    tiger = shows_tiger(cfg, rows)
     n_test = llm_rows[0]["n_users"] if llm_rows else facts.n_llm_test
     n_sas_test = sas_rows[0]["n_test_users"] if sas_rows else "all"
+    n_tiger_test = tiger_rows[0]["n_users"] if tiger_rows else (facts.n_all_test or "all")
     prune_t = dict(facts.prune_seconds)
-    stage_rows, total = stage_seconds(cfg, llm_rows, sas_rows, prune_t)
+    stage_rows, total = stage_seconds(cfg, rows, prune_t, tiger)
     lines = [
-        *_header(cfg, facts),
+        *_header(cfg, facts, tiger),
         *_pending_section(list(facts.pending)),
-        *_signal_sections(cfg, facts, llm_rows, sas_rows),
+        *_signal_sections(cfg, facts, rows),
+        *(_tiger_section(cfg, facts, tiger_rows) if tiger else []),
         *_paired_sections(paired, n_test, n_sas_test, PAPER_TABLE2.get(cfg.data_name), facts.seed_free),
-        *_timing_section(stage_rows, total, prune_t, wall_seconds),
+        *(_tiger_paired(paired, n_tiger_test, cfg.data_name) if tiger else []),
+        *_timing_section(stage_rows, total, prune_t, wall_seconds, tiger),
         "## Per run",
         "",
-        *_per_run_table(llm_rows, sas_rows),
+        *_per_run_table(rows, ("llm", "sasrec", "tiger") if tiger else ("llm", "sasrec")),
         "",
         "## Configuration",
         "",
@@ -381,28 +454,31 @@ def render_report(cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[
     return "\n".join(lines)
 
 
-def write_report(out: Path, cfg: Any, llm_rows: list[dict[str, Any]], sas_rows: list[dict[str, Any]],
-                 facts: StudyFacts, wall_seconds: float | None = None,
+def write_report(out: Path, cfg: Any, rows: Rows, facts: StudyFacts, wall_seconds: float | None = None,
                  per_user: dict[str, dict[str, dict[int, list[list[int]]]]] | None = None) -> Path:
     """``REPORT.md`` (:func:`render_report`), ``results.json`` and ``report.png`` under ``out`` from
-    the per-run rows of both signals; ``cfg``: the :class:`dealrec.study.config.StudyConfig` (its
-    flat names and ``summary()``); ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the
-    paired table (:func:`paired_results`)."""
+    the per-run rows of every signal (``rows[signal]``); ``cfg``: the
+    :class:`dealrec.study.config.StudyConfig` (its flat names, ``summary()`` and planned signals);
+    ``per_user``: {signal: {strategy: {seed: hit ranks}}} for the paired table (:func:`paired_results`)."""
     paired = {signal: paired_results(runs) for signal, runs in (per_user or {}).items()}
     path = out / "REPORT.md"
-    write_text(path, render_report(cfg, llm_rows, sas_rows, facts, paired, wall_seconds))
+    write_text(path, render_report(cfg, rows, facts, paired, wall_seconds))
     prune_t = dict(facts.prune_seconds)
-    write_json(out / "results.json", {"config": cfg.summary(), "llm": llm_rows, "sasrec": sas_rows,
+    write_json(out / "results.json", {"config": cfg.summary(), "llm": rows["llm"], "sasrec": rows["sasrec"],
+                                      "tiger": rows.get("tiger", []),
                                       "pending": [list(r) for r in facts.pending],
                                       "paired": {"baseline": BASELINE, "metrics": list(PAIRED_METRICS),
                                                  "n_boot": N_BOOT, **paired},
                                       "prune_seconds": prune_t,
-                                      "stage_seconds_total": stage_seconds(cfg, llm_rows, sas_rows, prune_t)[1],
+                                      "stage_seconds_total": stage_seconds(cfg, rows, prune_t)[1],
                                       "wall_seconds": wall_seconds})
     try:
-        panels = {"few-shot BIGRec (LLM)": summarize(llm_rows), "SASRec on the selection": summarize(sas_rows)}
+        panels = {"few-shot BIGRec (LLM)": summarize(rows["llm"]), "SASRec on the selection": summarize(rows["sasrec"]),
+                  "TIGER on the selection": summarize(rows.get("tiger", []))}
+        seeds = cfg.signal_seeds
         plot_report({k: v for k, v in panels.items() if v}, out / "report.png", f"{cfg.data_name}, n = {cfg.n}, "
-                    f"seeds: {len(cfg.seeds)} LLM, {len(cfg.signal_seeds['sasrec'])} SASRec")
+                    f"seeds: {len(cfg.seeds)} LLM, {len(seeds['sasrec'])} SASRec"
+                    + (f", {len(seeds['tiger'])} TIGER" if shows_tiger(cfg, rows) else ""))
     except Exception as e:  # noqa: BLE001 - the chart must never lose the report
         LOG.warning("could not draw report.png: %s", e)
     LOG.info("report: %s", path)

@@ -5,9 +5,10 @@ One data set, one sample count n, strategies × seeds (the paper's Table 2 setti
 1. the pruning scores once: surrogate, influence (Eq. 9–11), effort (Eq. 12) and the EL2N/GraNd
    baselines are computed once and cached under ``<out>/scores``; every strategy then selects
    from them (:func:`dealrec.select.run_strategy`) with the run's seed;
-2. per strategy and seed, the two signals of :mod:`dealrec.study.signals`: few-shot BIGRec on one
-   fixed set of test users, and a fresh SASRec trained on the selection only (plus a reference
-   row: SASRec on every candidate user);
+2. per strategy and seed, the signals of :mod:`dealrec.study.signals`: few-shot BIGRec on one
+   fixed set of test users, a fresh SASRec trained on the selection only and, where ``signals``
+   names it, TIGER trained on the selection only (plus reference rows: SASRec and TIGER on every
+   candidate user);
 3. ``<out>/REPORT.md`` (mean ± sample std over seeds, the paper's Table 2 rows beside them, the
    paired differences to ``random`` per test user with bootstrap intervals, wall-clock time per
    stage, the configuration) and ``<out>/report.png``, rendered by :mod:`dealrec.study.report`.
@@ -18,7 +19,8 @@ selection's indices, the metrics and timings, and per test user the ranks of its
 whose record carries the expected key (:mod:`dealrec.study.keys`) is never recomputed, and the
 report is made from the records alone, so a study resumes from them on a machine without
 ``<out>`` (scores, adapters, generations and title embeddings are rebuilt only for runs still
-missing). The SASRec signal may have more seeds than the LLM signal (``sasrec_seeds``).
+missing). The SASRec and TIGER signals may have more seeds than the LLM signal (``sasrec_seeds``,
+``tiger_seeds``).
 
 Every heavy output is cached with a manifest too, so an interrupted run resumes where it stopped,
 and several processes can share the work when given disjoint ``strategies`` (``only="runs"``).
@@ -49,7 +51,7 @@ from dealrec.study import keys
 from dealrec.study.config import SIGNALS, StudyConfig
 from dealrec.study.records import Records
 from dealrec.study.report import REFERENCE, StudyFacts, write_report
-from dealrec.study.signals import llm_run, row, sasrec_run
+from dealrec.study.signals import llm_run, row, sasrec_run, tiger_run
 
 Run = tuple[str, str, int]  # (signal, strategy or REFERENCE, seed)
 
@@ -106,16 +108,12 @@ class Study:
         return users
 
     def test_file(self) -> Path:
-        """One test file for every run: :meth:`test_user_ids`' examples, in that order."""
-        cfg = self.cfg
-        path = self.out / "test.json"
-        users = self.test_user_ids()
-        key = {"data_name": cfg.data_name, "train": self.train_hash,
-               "users": cache_key({"u": users}), "cutoff_len": cfg.cutoff_len, "model": model_id(cfg.base_model)}
-        if not cached(path, key):
-            write_json(path, build_examples(self.data, users, "test", self.tokenizer, cfg.cutoff_len))
-            write_manifest(path, key, data_name=cfg.data_name, n_users=len(users))
-        return path
+        """One test file for every LLM run: :meth:`test_user_ids`' examples, in that order."""
+        return test_examples(self, self.out / "test.json", self.test_user_ids())
+
+    def tiger_test_file(self) -> Path:
+        """One test file for every TIGER run: every test user of the data set, in user order."""
+        return test_examples(self, self.out / "tiger_test.json", self.data.test_users)
 
     def scores(self, strategy: str) -> ScoreSet:
         """The scores ``strategy`` needs (:func:`dealrec.prune.pipeline.compute_scores`, cached in
@@ -165,6 +163,9 @@ class Study:
     def sasrec_params(self, seed: int, users: list[int]) -> dict[str, Any]:
         return keys.sasrec_params(self.cfg, self.train_hash, seed, users)
 
+    def tiger_params(self, seed: int, users: list[int]) -> dict[str, Any]:
+        return keys.tiger_params(self.cfg, self.train_hash, seed, users, self.data.test_users)
+
     # -- selections and runs ------------------------------------------------------------------
 
     def run_dir(self, strategy: str, seed: int) -> Path:
@@ -196,34 +197,42 @@ class Study:
         return users
 
     def planned(self) -> list[Run]:
-        """Every (signal, label, seed) run of the study: per strategy its seeds of each signal, then
-        the SASRec full-data reference row with the reference seeds."""
-        seeds = self.cfg.signal_seeds
+        """Every (signal, label, seed) run of the study: per strategy its seeds of each planned
+        signal, then the full-data reference rows (SASRec, and TIGER where planned) with the
+        reference seeds."""
+        seeds, signals = self.cfg.signal_seeds, self.cfg.planned_signals
         out = [(signal, strategy, seed) for strategy in self.cfg.strategies for seed in self.cfg.all_seeds
-               for signal in SIGNALS if seed in seeds[signal]]
-        return out + [("sasrec", REFERENCE, seed) for seed in self.cfg.reference_row_seeds]
+               for signal in signals if seed in seeds[signal]]
+        return out + [(signal, REFERENCE, seed) for signal in signals if signal != "llm"
+                      for seed in self.cfg.reference_row_seeds]
+
+    def run_params(self, signal: str, label: str, seed: int, users: list[int]) -> dict[str, Any]:
+        """The parameters behind the record of one run of ``signal`` on ``users``."""
+        if signal == "llm":
+            return self.llm_params(label, seed, users)
+        return self.sasrec_params(seed, users) if signal == "sasrec" else self.tiger_params(seed, users)
 
     def run_record(self, signal: str, label: str, seed: int) -> dict[str, Any] | None:
         """The record of one planned run under the current settings (None: not run yet, or stale)."""
         if label == REFERENCE:
-            return self.records.get("sasrec", f"{REFERENCE}_s{seed}", self.sasrec_params(seed, self.candidates))
-        try:
-            users = self.selection(label, seed, compute=False)
-        except FileNotFoundError:
-            return None
-        params = self.llm_params(label, seed, users) if signal == "llm" else self.sasrec_params(seed, users)
-        return self.records.get(signal, f"{label}_s{seed}", params)
+            users = self.candidates
+        else:
+            try:
+                users = self.selection(label, seed, compute=False)
+            except FileNotFoundError:
+                return None
+        return self.records.get(signal, f"{label}_s{seed}", self.run_params(signal, label, seed, users))
 
     def pending(self, signals: tuple[str, ...] | None = None) -> list[Run]:
         """The planned runs of ``signals`` (default: the configured ``signals``) without a record (a
-        missing selection counts as pending runs of both signals)."""
+        missing selection counts as pending runs of every signal)."""
         wanted = set(self.cfg.signals if signals is None else signals)
         return [(sig, label, seed) for sig, label, seed in self.planned()
                 if sig in wanted and self.run_record(sig, label, seed) is None]
 
     def runs(self) -> None:
         """Every pending run of the configured ``signals``, strategy by strategy (per seed the cheap
-        SASRec run before the LLM run); each run's record is written as it finishes."""
+        SASRec run, then TIGER, then the LLM run); each run's record is written as it finishes."""
         seeds, signals = self.cfg.signal_seeds, self.cfg.signals
         if "llm" in signals:
             self.records.write_users("llm", self.test_user_ids())
@@ -232,24 +241,38 @@ class Study:
                  ", ".join(f"{sig} {s} s{seed}" for sig, s, seed in pending) or "none")
         for strategy in self.cfg.strategies:
             for seed in self.cfg.all_seeds:
+                if not any(seed in seeds[signal] for signal in signals):
+                    continue  # a seed of a signal not run now: its selection waits for that signal
                 LOG.info("== run %s seed %d", strategy, seed)
                 users = self.selection(strategy, seed)
-                if seed in seeds["sasrec"] and "sasrec" in signals:
-                    sasrec_run(self, strategy, seed, users)
-                if seed in seeds["llm"] and "llm" in signals:
-                    llm_run(self, strategy, seed, users)
+                for signal, run in (("sasrec", sasrec_run), ("tiger", tiger_run), ("llm", llm_run)):
+                    if seed in seeds[signal] and signal in signals:
+                        run(self, strategy, seed, users)
                 faults.step("study")
-        if "sasrec" in signals:
-            for seed in self.cfg.reference_row_seeds:
-                sasrec_run(self, REFERENCE, seed, self.candidates)
+        for signal, run in (("sasrec", sasrec_run), ("tiger", tiger_run)):
+            if signal in signals:
+                for seed in self.cfg.reference_row_seeds:
+                    run(self, REFERENCE, seed, self.candidates)
 
 
-def collect(study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[Run]]:
-    """Per-run rows of both signals, their per-user hit ranks and the planned runs without a
-    record yet, from the records only (a study run in parts reports what it has)."""
-    rows: dict[str, list[dict[str, Any]]] = {"llm": [], "sasrec": []}
-    per_user: dict[str, dict[str, dict[int, Any]]] = {"llm": {}, "sasrec": {}}
-    users_keys: dict[str, set[str]] = {"llm": set(), "sasrec": set()}
+def test_examples(study: Study, path: Path, users: list[int]) -> Path:
+    """``path``: the test examples of ``users`` in that order (BIGRec's test prompts), written once
+    and kept while its key (data, users, cutoff, model) is unchanged."""
+    cfg = study.cfg
+    key = {"data_name": cfg.data_name, "train": study.train_hash,
+           "users": cache_key({"u": users}), "cutoff_len": cfg.cutoff_len, "model": model_id(cfg.base_model)}
+    if not cached(path, key):
+        write_json(path, build_examples(study.data, users, "test", study.tokenizer, cfg.cutoff_len))
+        write_manifest(path, key, data_name=cfg.data_name, n_users=len(users))
+    return path
+
+
+def collect(study: Study) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[Run]]:
+    """Per signal (:data:`SIGNALS`) the per-run rows and their per-user hit ranks, and the planned
+    runs without a record yet, from the records only (a study run in parts reports what it has)."""
+    rows: dict[str, list[dict[str, Any]]] = {signal: [] for signal in SIGNALS}
+    per_user: dict[str, dict[str, dict[int, Any]]] = {signal: {} for signal in SIGNALS}
+    users_keys: dict[str, set[str]] = {signal: set() for signal in SIGNALS}
     missing = []
     planned = study.planned()
     order = {label: i for i, label in enumerate([*study.cfg.strategies, REFERENCE])}
@@ -264,10 +287,10 @@ def collect(study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]], d
     for signal, found in users_keys.items():
         if len(found) > 1:
             raise ValueError(f"the {signal} records were made on different test users; rerun the stale ones")
-    if not rows["llm"] and not rows["sasrec"]:
+    if not any(rows.values()):
         raise FileNotFoundError(f"no run of this study has a record in {study.records.root}; "
                                 "run the study with --only runs first")
-    return rows["llm"], rows["sasrec"], per_user, [r for r in planned if r in missing]
+    return rows, per_user, [r for r in planned if r in missing]
 
 
 def record_prune_timings(study: Study) -> dict[str, float]:
@@ -284,11 +307,11 @@ def record_prune_timings(study: Study) -> dict[str, float]:
 
 def report(study: Study, wall_seconds: float | None = None) -> Path:
     """Collect the rows and write REPORT.md, results.json and report.png (:func:`write_report`)."""
-    llm_rows, sas_rows, per_user, missing = collect(study)
+    rows, per_user, missing = collect(study)
     facts = StudyFacts(len(study.candidates), study.pool.n_users, study.data.n_users, study.data.n_items,
                        record_prune_timings(study), len(study.test_user_ids()), missing,
                        n_all_test=len(study.data.test_users), seed_free=seed_free_strategies(study))
-    return write_report(study.out, study.cfg, llm_rows, sas_rows, facts, wall_seconds, per_user=per_user)
+    return write_report(study.out, study.cfg, rows, facts, wall_seconds, per_user=per_user)
 
 
 def seed_free_strategies(study: Study) -> tuple[str, ...]:

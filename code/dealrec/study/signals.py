@@ -1,9 +1,12 @@
-"""The study's two signals, one run each: what a selection is worth to a recommender.
+"""The study's signals, one run each: what a selection is worth to a recommender.
 
 - :func:`llm_run`: few-shot LoRA fine-tuning of BIGRec on the selection, generation for the
   study's fixed test users, grounding, Recall/NDCG@K (paper §5.1);
 - :func:`sasrec_run`: a fresh SASRec trained on the selected users' sequences only, evaluated on
-  the full test set (also the full-data reference row, trained on every candidate).
+  the full test set (also the full-data reference row, trained on every candidate);
+- :func:`tiger_run`: TIGER (:mod:`dealrec.tiger`) trained on the selected users' sequences only,
+  every test user of the data set ranked by constrained beam search (the paper's second backend,
+  Table 2; also a full-data reference row).
 
 Each returns the run's row (its numbers without the record's bookkeeping) and writes the record
 as the run finishes; a run whose record carries the expected key is never recomputed.
@@ -28,6 +31,8 @@ from dealrec.llm.ground import evaluate_results
 from dealrec.study.report import REPORT_KS
 from dealrec.surrogate import build_surrogate
 from dealrec.surrogate.trainer import SurrogateConfig, train_surrogate
+from dealrec.tiger.cli import run as tiger_train_and_rank
+from dealrec.tiger.evaluate import hits_path
 
 if TYPE_CHECKING:
     from dealrec.study.runner import Study
@@ -140,3 +145,40 @@ def _sasrec_train(study: Study, label: str, seed: int, users: list[int], params:
               "metrics": {"ks": list(scfg.ks), **{k: res.test[k] for k in ("Recall", "NDCG", "Precision", "MRR")}}}
     study.records.write_users("sasrec", res.test_users)
     return row(study.records.put("sasrec", f"{label}_s{seed}", params, record, res.test_hit_ranks, res.test_users))
+
+
+def tiger_run(study: Study, label: str, seed: int, users: list[int]) -> dict[str, Any]:
+    """TIGER trained on ``users``' sequences only, every test user ranked; the record's row
+    (metrics, per-user hit ranks, train and decode seconds) when there is one."""
+    name, params = f"{label}_s{seed}", study.tiger_params(seed, users)
+    rec = study.records.get("tiger", name, params)
+    if rec is not None:
+        return row(rec)
+    lock = study.out / "tiger" / f"{name.replace(' ', '-')}.json"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(lock, flag="--out_dir", wait=True):  # the reference row is run by every --only runs process
+        rec = study.records.get("tiger", name, params)
+        if rec is not None:
+            return row(rec)
+        return _tiger_train_and_score(study, label, seed, users, params)
+
+
+def _tiger_train_and_score(study: Study, label: str, seed: int, users: list[int],
+                           params: dict[str, Any]) -> dict[str, Any]:
+    cfg = study.cfg
+    run = study.out / "runs" / f"tiger_{label.replace(' ', '-')}_s{seed}"
+    paths = write_fewshot(study.data, users, run / "fewshot", study.tokenizer, cfg.cutoff_len, n_label=len(users),
+                          base_model=cfg.base_model, splits=("train", "valid"), progress=False)
+    tcfg = cfg.tiger_config(paths["train"], paths["valid"], study.tiger_test_file(), run / "model",
+                            run / "result.json", seed)
+    report = tiger_train_and_rank(tcfg)
+    per_user = read_json(hits_path(tcfg.result_file))
+    if per_user["users"] != study.data.test_users:
+        raise ValueError(f"{hits_path(tcfg.result_file)}: its users are not every test user of {cfg.data_name}")
+    record = {"strategy": label, "seed": seed, **_at(report, report["ks"]), "n_users": report["n_users"],
+              "train_seconds": report["train_seconds"], "decode_seconds": report["decode_seconds"],
+              "metrics": {k: report[k] for k in ("ks", "Recall", "NDCG", "Precision", "MRR", "n_users", "short_lists",
+                                                 "n_items_ranked", "catalogue", "ranking", "semantic_ids")}}
+    study.records.write_users("tiger", per_user["users"])
+    return row(study.records.put("tiger", f"{label}_s{seed}", params, record, per_user["hit_ranks"],
+                                 per_user["users"]))
