@@ -312,10 +312,11 @@ def select(cfg: PruneConfig, data: RecData, scores: ScoreSet) -> dict:
     for name in (short, tag):
         save_tensor(sel_dir / f"{name}.pt", indices)
         write_json(sel_dir / f"{name}.pt.json", manifest)
-    try:
-        plot_selection(result.scores, scores.eligible, result, sel_dir / f"{tag}.png", title=tag)
-    except Exception as e:  # noqa: BLE001 - a plot must never lose a selection
-        LOG.warning("could not draw the selection plot: %s", e)
+    if result.scores is not None:  # random ranks nothing: no score histogram to draw
+        try:
+            plot_selection(result.scores, scores.eligible, result, sel_dir / f"{tag}.png", title=tag)
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a selection
+            LOG.warning("could not draw the selection plot: %s", e)
     LOG.info("selected %d of %d users (%s) -> %s", len(indices), data.n_users, sel.strategy, sel_dir / f"{short}.pt")
     if result.shortfall:
         LOG.warning("selection is %d short of n=%d (budget rounding)", result.shortfall, n)
