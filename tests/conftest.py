@@ -106,6 +106,17 @@ def tiny_dataset(tmp_path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def _registered_phrases_restored():
+    """Loading a folder with a data card registers its phrases under the data set's name for the
+    process; each test starts from the phrases the project registers (a prepared folder named
+    ``games`` must not change the real Games prompts of a later test)."""
+    saved = dict(DATASET_PHRASES)
+    yield
+    DATASET_PHRASES.clear()
+    DATASET_PHRASES.update(saved)
+
+
 # The phrases of the data card written for a data set name the project does not register.
 TINY_PHRASES = {"instruction": "Given the items that the user interacted with before, please recommend a new item.",
                 "input_prefix": "The user has interacted with the following items before, with titles as:"}
