@@ -14,7 +14,7 @@ as the run finishes; a run whose record carries the expected key is never recomp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,20 +119,27 @@ def _llm_train_and_score(study: Study, strategy: str, seed: int, users: list[int
     return {**row(rec), **timings}
 
 
+def _recorded_or_run(study: Study, signal: str, name: str, params: dict[str, Any],
+                     compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The row of the record ``signal``/``name`` when it carries ``params``' key, else ``compute()``
+    under the run's lock (the reference row is run by every ``--only runs`` process: the record is
+    looked up again once the lock is held)."""
+    rec = study.records.get(signal, name, params)
+    if rec is not None:
+        return row(rec)
+    lock = study.out / signal / f"{name.replace(' ', '-')}.json"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(lock, flag="--out_dir", wait=True):
+        rec = study.records.get(signal, name, params)
+        return row(rec) if rec is not None else compute()
+
+
 def sasrec_run(study: Study, label: str, seed: int, users: list[int]) -> dict[str, Any]:
     """A fresh SASRec trained on ``users``' sequences only, full test set; the record's row
     (metrics, per-user hit ranks) when there is one."""
-    name, params = f"{label}_s{seed}", study.sasrec_params(seed, users)
-    rec = study.records.get("sasrec", name, params)
-    if rec is not None:
-        return row(rec)
-    lock = study.out / "sasrec" / f"{name}.json"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(lock, flag="--out_dir", wait=True):  # the reference row is run by every --only runs process
-        rec = study.records.get("sasrec", name, params)
-        if rec is not None:
-            return row(rec)
-        return _sasrec_train(study, label, seed, users, params, study.cfg.sasrec_config(seed))
+    params = study.sasrec_params(seed, users)
+    return _recorded_or_run(study, "sasrec", f"{label}_s{seed}", params, lambda: _sasrec_train(
+        study, label, seed, users, params, study.cfg.sasrec_config(seed)))
 
 
 def _sasrec_train(study: Study, label: str, seed: int, users: list[int], params: dict[str, Any],
@@ -150,17 +157,9 @@ def _sasrec_train(study: Study, label: str, seed: int, users: list[int], params:
 def tiger_run(study: Study, label: str, seed: int, users: list[int]) -> dict[str, Any]:
     """TIGER trained on ``users``' sequences only, every test user ranked; the record's row
     (metrics, per-user hit ranks, train and decode seconds) when there is one."""
-    name, params = f"{label}_s{seed}", study.tiger_params(seed, users)
-    rec = study.records.get("tiger", name, params)
-    if rec is not None:
-        return row(rec)
-    lock = study.out / "tiger" / f"{name.replace(' ', '-')}.json"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(lock, flag="--out_dir", wait=True):  # the reference row is run by every --only runs process
-        rec = study.records.get("tiger", name, params)
-        if rec is not None:
-            return row(rec)
-        return _tiger_train_and_score(study, label, seed, users, params)
+    params = study.tiger_params(seed, users)
+    return _recorded_or_run(study, "tiger", f"{label}_s{seed}", params,
+                            lambda: _tiger_train_and_score(study, label, seed, users, params))
 
 
 def _tiger_train_and_score(study: Study, label: str, seed: int, users: list[int],

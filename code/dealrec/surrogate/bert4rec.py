@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dealrec.surrogate.sasrec import Encoder, LayerNorm
+from dealrec.surrogate.sasrec import Encoder, LayerNorm, normal_init
 
 
 @dataclass
@@ -80,14 +80,8 @@ class BERT4Rec(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.item_encoder = Encoder(cfg, FeedForward)  # SASRec's attention blocks, BERT's feed-forward
         self.output = OutputHead(cfg)
-        self.apply(self._init_weights)
+        self.apply(normal_init(cfg.initializer_range))
         self.mask_embedding.data.normal_(mean=0.0, std=cfg.initializer_range)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.cfg.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     @property
     def mask_id(self) -> int:

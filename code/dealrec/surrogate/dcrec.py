@@ -68,7 +68,7 @@ from torch import nn
 
 from dealrec.surrogate.bert4rec import FeedForward
 from dealrec.surrogate.item_graphs import gcn_layers, pair_keys, similarity_graph, transition_graph
-from dealrec.surrogate.sasrec import Encoder, LayerNorm, SASRec
+from dealrec.surrogate.sasrec import Encoder, LayerNorm, SASRec, normal_init
 
 
 @dataclass
@@ -137,19 +137,13 @@ class DCRec(nn.Module):
         self.gcn_norm = LayerNorm(d)
         self.fusion_weights = nn.Parameter(torch.empty(d, d))
         self.fusion_query = nn.Parameter(torch.empty(1, d))
-        self.apply(self._init_weights)
+        self.apply(normal_init(cfg.initializer_range))
         nn.init.normal_(self.fusion_weights, std=cfg.initializer_range)
         nn.init.normal_(self.fusion_query, std=cfg.initializer_range)
         for name in GRAPH_BUFFERS:  # empty until set_graphs (or a checkpoint) fills them
             self.register_buffer(name, torch.zeros((2, 0) if name.endswith("indices") else (0,),
                                                    dtype=torch.long if name.endswith("indices") else torch.float32))
         self._sparse: dict[str, Any] = {}
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.cfg.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     # -- the graphs ---------------------------------------------------------------------------
     @property

@@ -11,6 +11,7 @@ parameter names so that checkpoints interchange with the DEALRec code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,19 @@ class Encoder(nn.Module):
         return x
 
 
+def normal_init(std: float) -> Callable[[nn.Module], None]:
+    """The original's initialisation, for ``module.apply``: linear and embedding weights drawn from
+    N(0, std²), linear biases 0 (shared by the surrogates built from SASRec's blocks)."""
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    return init
+
+
 class SASRec(nn.Module):
     """``forward(input_ids [B, L]) -> sequence output [B, L, d]`` (left-padded with 0)."""
 
@@ -124,13 +138,7 @@ class SASRec(nn.Module):
         self.item_encoder = Encoder(cfg)
         self.LayerNorm = LayerNorm(cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.cfg.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        self.apply(normal_init(cfg.initializer_range))
 
     @staticmethod
     def attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
