@@ -434,7 +434,7 @@ def _merge(done: dict[int, dict[str, Any]], gathered: list[Any], n: int) -> list
 def _write_result(cfg: InferenceConfig, result: Path, key: dict[str, Any], records: list[dict[str, Any]],
                   world: int, engine: str, precision: str) -> None:
     """Write the result file and its manifest (with the test file's data set name), then delete the
-    partial answers, which the result file now holds."""
+    partial answers, which the result file holds from then on."""
     n = len(records)
     data_name = None
     tm = manifest_path(cfg.test_file)

@@ -6,7 +6,7 @@ per stage — ``surrogate`` (:class:`SurrogateSection`: name, checkpoint, and th
 (:class:`~dealrec.scores.influence.InfluenceConfig`), ``effort``
 (:class:`~dealrec.scores.effort.EffortConfig`) and ``select``
 (:class:`~dealrec.select.SelectConfig`) —, each default defined once, in its section's class.
-:data:`PRUNE_ALIASES` maps the original ``utils.py`` flags (and the earlier flat names) to
+:data:`PRUNE_ALIASES` maps the original ``utils.py`` flags and the short flat names to
 them; ``prune.py``'s command line is built from both (:mod:`dealrec.config`).
 """
 
@@ -158,7 +158,7 @@ class PruneConfig(FlatView):
         return dataclasses.replace(self.influence, params=self.influence_parameters)
 
 
-# The original scripts' flat names (utils.py, and this package's earlier flat PruneConfig):
+# The original scripts' flat names (utils.py) and the short names that scripts use:
 # each sets the dotted setting(s) named; a unique last part (``--lamda``) needs no entry.
 _SEEDS = ("surrogate.train.seed", "influence.seed", "effort.seed", "select.seed")
 PRUNE_ALIASES: dict[str, Alias] = {

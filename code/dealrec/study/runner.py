@@ -242,7 +242,7 @@ class Study:
         for strategy in self.cfg.strategies:
             for seed in self.cfg.all_seeds:
                 if not any(seed in seeds[signal] for signal in signals):
-                    continue  # a seed of a signal not run now: its selection waits for that signal
+                    continue  # a seed of a signal not run in this call: its selection waits for that signal
                 LOG.info("== run %s seed %d", strategy, seed)
                 users = self.selection(strategy, seed)
                 for signal, run in (("sasrec", sasrec_run), ("tiger", tiger_run), ("llm", llm_run)):

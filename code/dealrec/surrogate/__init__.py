@@ -158,7 +158,7 @@ def _sasrec(n_items: int, cfg: SurrogateConfig) -> nn.Module:
 
 # BERT4Rec: SASRec's influence parameter has an exact counterpart — the same Transformer block,
 # so the output projection of the last block's self-attention ([d, d], 4,096 values at d = 64):
-# the last place where a position mixes in the other positions (now in both directions), as
+# the last place where a position mixes in the other positions (in both directions here), as
 # small as SASRec's, and a linear layer (GraNd works on it). Paper defaults: dropout 0.1, mask
 # probability 0.2 for sparse data sets (Games is sparser than the paper's Beauty).
 @register_surrogate(

@@ -67,8 +67,9 @@ class SurrogateConfig:
             raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
 
     def key(self) -> dict:
-        """The fields that determine a trained model, for cache keys: the fields added later
-        (:data:`LATE_FIELDS`) only when they differ from their defaults, so earlier keys stay valid."""
+        """The fields that determine a trained model, for cache keys: the fields of
+        :data:`LATE_FIELDS` only when they differ from their defaults, so that the keys of models
+        trained without those settings stay valid."""
         d = dataclasses.asdict(self)
         for name, default in LATE_FIELDS.items():
             if d[name] == default:
