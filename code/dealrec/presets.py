@@ -91,3 +91,9 @@ STUDY_PRESETS: dict[str, Preset] = {
         "signals": ("llm", "sasrec", "tiger"), "tiger_seeds": tuple(range(10)),
     },
 }
+# MicroLens-50K with the paper's settings for it (λ 1.0, k 50) and the full preset's signals and
+# recipe; the LLM runs DEALRec, its seed-stable variant and random only (the costly signal).
+STUDY_PRESETS["microlens"] = {
+    **STUDY_PRESETS["full"], "data_name": "microlens-50k", "prune.select.lamda": 1.0, "prune.select.k": 50,
+    "llm_strategies": ("dealrec", "dealrec-stable", "random"),
+}

@@ -100,6 +100,7 @@ SETTINGS: tuple[StudySetting, ...] = (
     StudySetting("reference_seeds"),
     StudySetting("signals"),
     StudySetting("tiger_seeds"),
+    StudySetting("llm_strategies"),
     StudySetting("logging_steps", ("finetune.logging_steps",), 1, summary=False),
     # last parts that a TIGER setting shares with the pruning or generation section: these short
     # names stand for the latter (only a unique last part is a short name by itself)
@@ -177,6 +178,8 @@ class StudyConfig(FlatView):
     sasrec_patience: int = 2
     # third signal: TIGER trained on the selection only; its seeds (None: seeds)
     tiger_seeds: tuple[int, ...] | None = None
+    # the strategies of the LLM signal, the costly one (None: every strategy)
+    llm_strategies: tuple[str, ...] | None = None
     prune: PruneConfig = field(default_factory=lambda: override(PruneConfig(), STUDY_DEFAULTS["prune"]))
     finetune: FinetuneConfig = field(default_factory=lambda: override(FinetuneConfig(), STUDY_DEFAULTS["finetune"]))
     generate: InferenceConfig = field(default_factory=lambda: override(InferenceConfig(), STUDY_DEFAULTS["generate"]))
@@ -224,6 +227,11 @@ class StudyConfig(FlatView):
         return {"llm": tuple(self.seeds), "sasrec": tuple(self.sasrec_seeds or self.seeds),
                 "tiger": tuple(self.tiger_seeds or self.seeds)}
 
+    def signal_strategies(self, signal: str) -> tuple[str, ...]:
+        """The strategies ``signal`` runs: ``llm_strategies`` for the LLM (or every strategy),
+        every strategy for the others."""
+        return tuple(self.llm_strategies or self.strategies) if signal == "llm" else tuple(self.strategies)
+
     @property
     def planned_signals(self) -> tuple[str, ...]:
         """The signals whose runs the study plans: :data:`DEFAULT_SIGNALS` and those of ``signals``."""
@@ -262,6 +270,10 @@ class StudyConfig(FlatView):
         self.prune_config().validate()
 
     def _check_strategies_and_seeds(self) -> None:
+        if self.llm_strategies is not None and (not self.llm_strategies
+                                                or set(self.llm_strategies) - set(self.strategies)):
+            raise ValueError(f"--llm_strategies must be some of --strategies {list(self.strategies)}, "
+                             f"got {list(self.llm_strategies)}")
         if self.n <= 0:
             raise ValueError(f"--n must be > 0, got {self.n}")
         if not self.strategies:

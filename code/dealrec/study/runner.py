@@ -202,7 +202,7 @@ class Study:
         reference seeds."""
         seeds, signals = self.cfg.signal_seeds, self.cfg.planned_signals
         out = [(signal, strategy, seed) for strategy in self.cfg.strategies for seed in self.cfg.all_seeds
-               for signal in signals if seed in seeds[signal]]
+               for signal in signals if seed in seeds[signal] and strategy in self.cfg.signal_strategies(signal)]
         return out + [(signal, REFERENCE, seed) for signal in signals if signal != "llm"
                       for seed in self.cfg.reference_row_seeds]
 
@@ -246,7 +246,7 @@ class Study:
                 LOG.info("== run %s seed %d", strategy, seed)
                 users = self.selection(strategy, seed)
                 for signal, run in (("sasrec", sasrec_run), ("tiger", tiger_run), ("llm", llm_run)):
-                    if seed in seeds[signal] and signal in signals:
+                    if seed in seeds[signal] and signal in signals and strategy in self.cfg.signal_strategies(signal):
                         run(self, strategy, seed, users)
                 faults.step("study")
         for signal, run in (("sasrec", sasrec_run), ("tiger", tiger_run)):
