@@ -31,12 +31,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dealrec.core.hardware import describe
 from dealrec.surrogate import DCREC, build_surrogate, surrogate_spec
-from dealrec.surrogate.samples import SampleTensors, build_eval
+from dealrec.surrogate.samples import SampleTensors, build_eval, left_pad
 from dealrec.surrogate.trainer import evaluate
 
 HEADER = ("session_id:token", "item_id_list:token_seq", "item_id:token")
@@ -71,15 +70,6 @@ def load_split(folder: Path, max_users: int | None) -> tuple[list[list[int]], li
     history = [[ids[t] for t in test_rows[s][0]] for s in sessions]
     target = [ids[test_rows[s][1]] for s in sessions]
     return train, history, target, len(tokens)
-
-
-def left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
-    out = np.zeros((len(rows), width), dtype=np.int64)
-    for r, row in enumerate(rows):
-        row = row[-width:]
-        if row:
-            out[r, width - len(row):] = row
-    return torch.from_numpy(out)
 
 
 def samples_of(train: list[list[int]], n_items: int, max_len: int) -> SampleTensors:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 
-def _left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
+def left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
+    """[len(rows), width] item ids, each row's last ``width`` items at the right, 0 = padding."""
     out = np.zeros((len(rows), width), dtype=np.int64)
     for r, row in enumerate(rows):
         row = row[-width:]
@@ -69,8 +70,8 @@ def build_samples(train: list[list[int]], n_items: int, max_len: int = 50) -> Sa
     inputs = [s[:-2] for s in seqs]
     targets = [s[1:-1] for s in seqs]
     return SampleTensors(
-        _left_pad(inputs, max_len),
-        _left_pad(targets, max_len),
+        left_pad(inputs, max_len),
+        left_pad(targets, max_len),
         _pad_right([sorted(set(s)) for s in seqs]),
         n_items,
     )
@@ -156,7 +157,7 @@ def build_cloze_samples(train: list[list[int]], n_items: int, max_len: int = 50)
     unmasked sequence (every real position is a candidate target) until
     :func:`draw_cloze_masks` picks the masked positions."""
     seqs = [[i + 1 for i in s][:-1] if len(s) >= 3 else [] for s in train]
-    ids = _left_pad(seqs, max_len)
+    ids = left_pad(seqs, max_len)
     return SampleTensors(ids, ids.clone(), _pad_right([sorted({i + 1 for i in s}) for s in train]), n_items)
 
 
@@ -233,7 +234,7 @@ def build_eval(history: list[list[int]], targets: list[list[int]], max_len: int 
     hist = [[i + 1 for i in history[u]] for u in users]
     return EvalInputs(
         torch.tensor(users, dtype=torch.long),
-        _left_pad(hist, max_len),
+        left_pad(hist, max_len),
         [[i + 1 for i in targets[u]] for u in users],
         hist,
     )
