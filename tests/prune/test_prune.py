@@ -155,19 +155,25 @@ def small_games():
     return load_dataset(REPO / "data", "games", check_dicts=False).subset_users(20)
 
 
+def _given_scores(tmp_path, n: int, n_fewshot: int) -> PruneConfig:
+    """A configuration of the first ``n`` Games users whose influence and effort scores are given
+    as files of random scores (no surrogate and no LLM needed)."""
+    save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
+    save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
+    return PruneConfig.flat(
+        data_dir=str(REPO / "data"), max_users=n, n_fewshot=n_fewshot, score_dir=str(tmp_path / "s"),
+        selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
+        effort_scores=str(tmp_path / "eff.pt"),
+    )
+
+
 @needs_games
 def test_n_fewshot_larger_than_pool(small_games, tmp_path, monkeypatch):
     """Given score files: no surrogate, no LLM; the selection names the pool size."""
     forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores")
     monkeypatch.setattr(prune_lib.EffortModel, "load", lambda *a, **k: pytest.fail("no effort model here"))
     n = small_games.n_users
-    save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
-    save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
-    cfg = PruneConfig.flat(
-        data_dir=str(REPO / "data"), max_users=n, n_fewshot=500, score_dir=str(tmp_path / "s"),
-        selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
-        effort_scores=str(tmp_path / "eff.pt"),
-    )
+    cfg = _given_scores(tmp_path, n, 500)
     n_elig = int(prune_lib.eligible_mask(small_games).sum())
     pool = n_elig - int(0.1 * n_elig)
     with pytest.raises(ValueError, match=rf"--n_fewshot 500 exceeds the {pool} users that dealrec can select from "
@@ -193,13 +199,7 @@ def test_two_strategies_leave_both_selections(small_games, tmp_path, monkeypatch
     runs never overwrite each other."""
     forbid(monkeypatch, "train_surrogate", "load_or_train_surrogate", "influence_scores")
     n = small_games.n_users
-    save_tensor(tmp_path / "inf.pt", torch.rand(n, generator=torch.Generator().manual_seed(0)))
-    save_tensor(tmp_path / "eff.pt", torch.rand(n, generator=torch.Generator().manual_seed(1)))
-    cfg = PruneConfig.flat(
-        data_dir=str(REPO / "data"), max_users=n, n_fewshot=5, score_dir=str(tmp_path / "s"),
-        selected_dir=str(tmp_path / "sel"), influence_scores=str(tmp_path / "inf.pt"),
-        effort_scores=str(tmp_path / "eff.pt"),
-    )
+    cfg = _given_scores(tmp_path, n, 5)
     dealrec = prune_lib.run(cfg)
     random = prune_lib.run(cfg.set(strategy="random", seed=3))
     sel = tmp_path / "sel"
