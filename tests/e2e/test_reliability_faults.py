@@ -124,6 +124,10 @@ def test_prune_killed_in_each_stage(data_dir, base_model, tmp_path, run):
             assert (scores / f"{name}.pt").is_file() == (name in done), (point, name)
             assert (scores / f"{name}.pt.json").is_file() == (name in done), (point, name)
         assert not (out / "sel").exists()
+        # The surrogate's training state outlives a kill inside it, and the next run resumes from it.
+        assert (scores / "surrogate.resume.pt").is_file() == (i == 0), point
+        if i == 1:
+            assert "surrogate: resuming at epoch" in proc.stderr, proc.stderr[-2000:]
         no_temporaries(out)
     proc = run("prune.py", prune_args(data_dir, base_model, out))
     ok(proc)

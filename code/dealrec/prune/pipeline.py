@@ -117,15 +117,24 @@ def load_or_train_surrogate(cfg: PruneConfig, data: RecData) -> torch.nn.Module:
         model.load_state_dict(load_tensor(path))
         LOG.info("surrogate: reusing %s (test %s)", path, read_json(manifest_path(path)).get("test"))
         return model
+    resume = resume_file(path)
     with Timer() as t:
-        result = train_surrogate(model, data, scfg, cfg.device)
+        result = train_surrogate(model, data, scfg, cfg.device, resume=resume, resume_key=cache_key(key))
     model.cpu()
     save_tensor(path, model.state_dict())
     write_manifest(
         path, key, seconds=t.seconds, best_epoch=result.best_epoch, valid=result.best_valid, test=result.test,
         seconds_per_epoch=result.seconds_per_epoch, seconds_per_eval=result.seconds_per_eval, history=result.history,
     )
+    resume.unlink(missing_ok=True)
     return model
+
+
+def resume_file(surrogate_path: Path) -> Path:
+    """Where the surrogate's training keeps its state after every epoch until the model is written
+    (``surrogate.pt`` → ``surrogate.resume.pt``): a run stopped by a crash, Ctrl-C or the end of a
+    session continues from its last finished epoch."""
+    return surrogate_path.with_name(surrogate_path.stem + ".resume.pt")
 
 
 def _max_len(model: torch.nn.Module) -> int:

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from dealrec.core import faults
+from dealrec.core.files import load_tensor, save_tensor
 from dealrec.core.logs import LOG, Timer
 from dealrec.data.dataset import RecData
 from dealrec.metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
@@ -157,11 +160,108 @@ def eval_sets(data: RecData, max_len: int = 50) -> tuple[EvalInputs, EvalInputs]
     return valid, test
 
 
+@dataclass
+class Progress:
+    """What an epoch changes beyond the weights, the optimiser and the random generators: the
+    epoch to run next, the best evaluation so far (and its weights), the early-stopping count,
+    the history and the timings. A resume file (:func:`save_resume`) holds it with the rest."""
+
+    next_epoch: int = 0
+    best_score: float = -1.0
+    best_state: dict | None = None
+    best_epoch: int = -1
+    best_valid: dict = field(default_factory=dict)
+    bad_evals: int = 0
+    history: list[dict] = field(default_factory=list)
+    t_epoch: float = 0.0
+    t_eval: float = 0.0
+    n_eval: int = 0
+    stopped: bool = False
+
+
+def save_resume(path: Path, key: str, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator,
+                progress: Progress) -> None:
+    """Write everything a resumed run needs to continue exactly where this one is (atomically)."""
+    state = {"key": key, "progress": dataclasses.asdict(progress), "model": model.state_dict(),
+             "optim": optim.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    save_tensor(path, state)
+
+
+def load_resume(path: Path, key: str, model: torch.nn.Module, optim: torch.optim.Optimizer,
+                gen: torch.Generator) -> Progress | None:
+    """Restore a run from ``path`` when it was written for ``key`` (else None: train from epoch 0)."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_tensor(path)
+    except Exception as err:  # noqa: BLE001 - an unreadable resume file only costs the epochs it held
+        LOG.warning("surrogate: ignoring the unreadable resume file %s (%s)", path, err)
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        LOG.info("surrogate: %s belongs to other settings; training from epoch 0", path)
+        return None
+    model.load_state_dict(state["model"])
+    optim.load_state_dict(state["optim"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    progress = Progress(**state["progress"])
+    LOG.info("surrogate: resuming at epoch %d from %s", progress.next_epoch, path)
+    return progress
+
+
+def _train_epoch(model: torch.nn.Module, objective, samples, optim: torch.optim.Optimizer, gen: torch.Generator,
+                 cfg: SurrogateConfig, device, split: bool) -> float:
+    """One pass over ``samples`` in random batches (fresh negatives or masks); the mean batch loss."""
+    model.train()
+    drawn, neg = objective.draw(samples, gen)
+    order = torch.randperm(len(samples), generator=gen)
+    total, n_batches = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        batch = (drawn.input_ids[idx].to(device), drawn.target_pos[idx].to(device),
+                 neg[idx].to(device) if neg is not None else None)
+        loss = objective.batch_loss(model, *batch, split=split, overhead=cfg.bucket_overhead)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        total += loss.item()
+        n_batches += 1
+    return total / max(n_batches, 1)
+
+
+def _validate(model: torch.nn.Module, valid: EvalInputs, cfg: SurrogateConfig, device, epoch: int, record: dict,
+              p: Progress) -> None:
+    """Evaluate on validation, keep the best weights (Recall@5), count towards early stopping."""
+    with Timer() as te:
+        metrics = evaluate(model, valid, cfg.ks, device=device)
+    p.t_eval += te.seconds
+    p.n_eval += 1
+    record["valid"] = {"Recall": metrics["Recall"], "NDCG": metrics["NDCG"]}
+    LOG.info("epoch %d loss %.4f valid Recall@%s %s", epoch, record["loss"], cfg.ks, metrics["Recall"])
+    if metrics["Recall"][0] > p.best_score:
+        p.best_score, p.best_epoch, p.best_valid, p.bad_evals = metrics["Recall"][0], epoch, metrics, 0
+        p.best_state = copy.deepcopy(model.state_dict())
+    else:
+        p.bad_evals += 1
+        if cfg.patience and p.bad_evals >= cfg.patience:
+            LOG.info("early stop at epoch %d (best epoch %d)", epoch, p.best_epoch)
+            p.stopped = True
+
+
 def train_surrogate(
-    model: torch.nn.Module, data: RecData, cfg: SurrogateConfig, device="cpu", train_users: list[int] | None = None
+    model: torch.nn.Module, data: RecData, cfg: SurrogateConfig, device="cpu", train_users: list[int] | None = None,
+    resume: str | os.PathLike | None = None, resume_key: str = "",
 ) -> TrainResult:
     """Train ``model`` in place on all users' samples (or only ``train_users``'); it ends holding
-    the best checkpoint. Validation and test always cover every user of ``data``."""
+    the best checkpoint. Validation and test always cover every user of ``data``.
+
+    ``resume``: a file rewritten after every epoch with the weights, the optimiser, the random
+    generators and :class:`Progress`; a run that finds one written for the same ``resume_key``
+    continues after its last epoch and ends with the same weights as a run never interrupted."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     objective = objective_of(model)
@@ -178,59 +278,34 @@ def train_surrogate(
     optim = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
     )
-    best_score, best_state, best_epoch, best_valid, bad_evals = -1.0, None, -1, {}, 0
-    history: list[dict] = []
-    t_epoch, t_eval, n_eval = 0.0, 0.0, 0
+    resume = Path(resume) if resume else None
+    p = (load_resume(resume, resume_key, model, optim, gen) if resume else None) or Progress()
     faults.enter("surrogate")
-    bar = tqdm(range(cfg.epochs), desc="surrogate epochs")
-    for epoch in bar:
+    bar = tqdm(total=cfg.epochs, desc="surrogate epochs", initial=p.next_epoch)
+    for epoch in range(p.next_epoch, cfg.epochs if not p.stopped else p.next_epoch):
         with Timer() as t:
-            model.train()
-            drawn, neg = objective.draw(samples, gen)  # fresh negatives (or masks) every epoch
-            order = torch.randperm(len(samples), generator=gen)
-            total = 0.0
-            n_batches = 0
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                batch = (drawn.input_ids[idx].to(device), drawn.target_pos[idx].to(device),
-                         neg[idx].to(device) if neg is not None else None)
-                loss = objective.batch_loss(model, *batch, split=split, overhead=cfg.bucket_overhead)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                total += loss.item()
-                n_batches += 1
-        t_epoch += t.seconds
-        record = {"epoch": epoch, "loss": total / max(n_batches, 1)}
+            record = {"epoch": epoch, "loss": _train_epoch(model, objective, samples, optim, gen, cfg, device, split)}
+        p.t_epoch += t.seconds
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            with Timer() as te:
-                metrics = evaluate(model, valid, cfg.ks, device=device)
-            t_eval += te.seconds
-            n_eval += 1
-            recall5 = metrics["Recall"][0]
-            record["valid"] = {"Recall": metrics["Recall"], "NDCG": metrics["NDCG"]}
-            LOG.info("epoch %d loss %.4f valid Recall@%s %s", epoch, record["loss"], cfg.ks, metrics["Recall"])
-            if recall5 > best_score:
-                best_score, best_epoch, best_valid, bad_evals = recall5, epoch, metrics, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_evals += 1
-                if cfg.patience and bad_evals >= cfg.patience:
-                    LOG.info("early stop at epoch %d (best epoch %d)", epoch, best_epoch)
-                    history.append(record)
-                    break
+            _validate(model, valid, cfg, device, epoch, record, p)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-        history.append(record)
+        bar.update()
+        p.history.append(record)
+        p.next_epoch = epoch + 1
+        if resume:
+            save_resume(resume, resume_key, model, optim, gen, p)
         faults.step("surrogate")
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if p.stopped:
+            break
+    bar.close()
+    if p.best_state is not None:
+        model.load_state_dict(p.best_state)
     else:
-        best_epoch = len(history) - 1
+        p.best_epoch = len(p.history) - 1
     test_metrics, test_ranks = evaluate_per_user(model, test, cfg.ks, device=device)
-    if not best_valid:
-        best_valid = evaluate(model, valid, cfg.ks, device=device)
-    LOG.info("surrogate best epoch %d, test Recall %s NDCG %s", best_epoch, test_metrics["Recall"], test_metrics["NDCG"])
+    best_valid = p.best_valid or evaluate(model, valid, cfg.ks, device=device)
+    LOG.info("surrogate best epoch %d, test Recall %s NDCG %s", p.best_epoch, test_metrics["Recall"], test_metrics["NDCG"])
     return TrainResult(
-        best_epoch, best_valid, test_metrics, history, t_epoch / max(len(history), 1), t_eval / max(n_eval, 1),
+        p.best_epoch, best_valid, test_metrics, p.history, p.t_epoch / max(len(p.history), 1), p.t_eval / max(p.n_eval, 1),
         test_users=[int(u) for u in test.users], test_hit_ranks=test_ranks,
     )
