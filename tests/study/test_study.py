@@ -262,19 +262,20 @@ def test_n_larger_than_candidates(tiny_dataset):
         Study(StudyConfig.flat(data_dir=str(ds.data_dir), data_name="games", n=5, seeds=(0,)))
 
 
-def test_microlens_preset_plans_the_paper_settings_and_three_llm_strategies():
-    """MicroLens-50K at λ 1.0, k 50: the LLM signal for dealrec, dealrec-stable and random only,
-    every strategy for SASRec and TIGER."""
+def test_microlens_preset_plans_the_paper_settings_and_three_llm_and_tiger_strategies():
+    """MicroLens-50K at λ 1.0, k 50: the LLM and TIGER signals for dealrec, dealrec-stable and
+    random only, every strategy for SASRec."""
     cfg = StudyConfig.from_preset("microlens")
     cfg.validate()
     assert (cfg.data_name, cfg.lamda, cfg.k, cfg.n) == ("microlens-50k", 1.0, 50, 1024)
     assert cfg.record_folder == Path("records/study/microlens")
-    assert cfg.signal_strategies("llm") == ("dealrec", "dealrec-stable", "random")
+    assert cfg.signal_strategies("llm") == cfg.signal_strategies("tiger") == ("dealrec", "dealrec-stable", "random")
     assert cfg.signal_strategies("sasrec") == cfg.strategies and len(cfg.strategies) == 6
-    with pytest.raises(ValueError, match="--llm_strategies must be some of --strategies"):
-        StudyConfig.flat(strategies=("dealrec", "random"), llm_strategies=("greedy",)).validate()
+    for name in ("llm_strategies", "tiger_strategies"):
+        with pytest.raises(ValueError, match=f"--{name} must be some of --strategies"):
+            StudyConfig.flat(strategies=("dealrec", "random"), **{name: ("greedy",)}).validate()
     if not (REPO / "data" / "microlens-50k").is_dir():
         pytest.skip("data/microlens-50k is absent")
     planned = Study(StudyConfig.from_preset("microlens", data_dir=str(REPO / "data"))).planned()
     count = {s: sum(1 for sig, _, _ in planned if sig == s) for s in ("llm", "sasrec", "tiger")}
-    assert count == {"llm": 9, "sasrec": 6 * 5 + 1, "tiger": 6 * 10 + 1}
+    assert count == {"llm": 9, "sasrec": 6 * 5 + 1, "tiger": 3 * 10 + 1}

@@ -101,6 +101,7 @@ SETTINGS: tuple[StudySetting, ...] = (
     StudySetting("signals"),
     StudySetting("tiger_seeds"),
     StudySetting("llm_strategies"),
+    StudySetting("tiger_strategies"),
     StudySetting("logging_steps", ("finetune.logging_steps",), 1, summary=False),
     # last parts that a TIGER setting shares with the pruning or generation section: these short
     # names stand for the latter (only a unique last part is a short name by itself)
@@ -180,6 +181,8 @@ class StudyConfig(FlatView):
     tiger_seeds: tuple[int, ...] | None = None
     # the strategies of the LLM signal, the costly one (None: every strategy)
     llm_strategies: tuple[str, ...] | None = None
+    # the strategies of the TIGER signal (None: every strategy)
+    tiger_strategies: tuple[str, ...] | None = None
     prune: PruneConfig = field(default_factory=lambda: override(PruneConfig(), STUDY_DEFAULTS["prune"]))
     finetune: FinetuneConfig = field(default_factory=lambda: override(FinetuneConfig(), STUDY_DEFAULTS["finetune"]))
     generate: InferenceConfig = field(default_factory=lambda: override(InferenceConfig(), STUDY_DEFAULTS["generate"]))
@@ -228,9 +231,10 @@ class StudyConfig(FlatView):
                 "tiger": tuple(self.tiger_seeds or self.seeds)}
 
     def signal_strategies(self, signal: str) -> tuple[str, ...]:
-        """The strategies ``signal`` runs: ``llm_strategies`` for the LLM (or every strategy),
-        every strategy for the others."""
-        return tuple(self.llm_strategies or self.strategies) if signal == "llm" else tuple(self.strategies)
+        """The strategies ``signal`` runs: ``llm_strategies`` for the LLM and ``tiger_strategies``
+        for TIGER (each: or every strategy), every strategy for SASRec."""
+        chosen = {"llm": self.llm_strategies, "tiger": self.tiger_strategies}.get(signal)
+        return tuple(chosen or self.strategies)
 
     @property
     def planned_signals(self) -> tuple[str, ...]:
@@ -270,10 +274,10 @@ class StudyConfig(FlatView):
         self.prune_config().validate()
 
     def _check_strategies_and_seeds(self) -> None:
-        if self.llm_strategies is not None and (not self.llm_strategies
-                                                or set(self.llm_strategies) - set(self.strategies)):
-            raise ValueError(f"--llm_strategies must be some of --strategies {list(self.strategies)}, "
-                             f"got {list(self.llm_strategies)}")
+        for name in ("llm_strategies", "tiger_strategies"):
+            chosen = getattr(self, name)
+            if chosen is not None and (not chosen or set(chosen) - set(self.strategies)):
+                raise ValueError(f"--{name} must be some of --strategies {list(self.strategies)}, got {list(chosen)}")
         if self.n <= 0:
             raise ValueError(f"--n must be > 0, got {self.n}")
         if not self.strategies:
