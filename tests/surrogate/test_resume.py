@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _interrupt import Stop, stopping_after
 from _surrogates import make_train
 
 from dealrec.data.dataset import RecData
 from dealrec.surrogate import SURROGATES, build_surrogate, surrogate_spec
-from dealrec.surrogate import trainer as trainer_mod
 from dealrec.surrogate.trainer import train_surrogate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N_ITEMS = 15
-
-
-class Stop(Exception):
-    """Stands for a crash, Ctrl-C or the end of a session after an epoch."""
 
 
 def data() -> RecData:
@@ -38,15 +34,7 @@ def train(name: str, d: RecData, stop_after: int | None = None, **kw):
     """(model, result) of a fresh training run; ``stop_after``: raise :class:`Stop` after that epoch."""
     cfg = config(name)
     model = build_surrogate(name, d.n_items, cfg, train=d.train)
-    with pytest.MonkeyPatch.context() as mp:
-        if stop_after is not None:
-            epochs = iter(range(1, cfg.epochs + 1))
-
-            def step(stage: str) -> None:
-                if next(epochs) == stop_after:
-                    raise Stop
-
-            mp.setattr(trainer_mod.faults, "step", step)
+    with stopping_after(stop_after):
         return model, train_surrogate(model, d, cfg, **kw)
 
 

@@ -16,7 +16,7 @@ from dealrec.core.files import read_json
 from dealrec.data.dataset import load_dataset
 from dealrec.data.fewshot import write_fewshot
 from dealrec.tiger import cli
-from dealrec.tiger.cli import MANIFEST
+from dealrec.tiger.cli import MANIFEST, RESUME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,6 +48,7 @@ def test_backend_trains_decodes_and_writes_metrics(tiny_dataset, tmp_path, monke
     model_dir, result = tmp_path / "model", tmp_path / "results" / "tiger_0_4.json"
     for f in (MANIFEST, "config.json", "model.safetensors", "semantic_ids.pt"):
         assert (model_dir / f).is_file(), f
+    assert not (model_dir / RESUME).exists()  # the training state goes once the model is saved
     manifest = read_json(model_dir / MANIFEST)
     # the selection's training sequences [0 1 2 3], [3 4 5 6 7], [7 1], [5]: every item after the first
     assert manifest["n_train"] == 3 + 4 + 1 and manifest["n_valid"] == 3  # users 0, 2, 4 have a validation item

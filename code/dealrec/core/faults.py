@@ -3,14 +3,14 @@
 - ``DEALREC_FAULT_AFTER=<stage>:<n>[,<stage>:<n>...]``: the process sends itself SIGKILL right
   after its ``n``-th progress step of ``stage`` (a kill at a chosen point, reproducible, unlike a
   timer: a step is a surrogate epoch, a LiSSA step or influence batch, an effort batch, a LoRA
-  optimiser step, a generation batch, a grounding batch, a finished study run).
+  optimiser step, a generation batch, a grounding batch, a TIGER epoch, a finished study run).
 - ``DEALREC_FAULT_FORBID=<stage>,...`` (or ``*``): entering one of these stages ends the process at
   once with exit status 97 and a line on stderr (the tests' "fails before any expensive work").
 - ``DEALREC_FAULT_ENOSPC=1``: every atomic write (:func:`dealrec.core.files.atomic_path`) and the
   writability probe fail with ``ENOSPC`` (a full disk, without filling one).
 
 Stages: ``surrogate``, ``influence``, ``effort``, ``load_model``, ``finetune``, ``generate``,
-``ground``, ``study``.
+``ground``, ``tiger``, ``study``.
 """
 
 from __future__ import annotations

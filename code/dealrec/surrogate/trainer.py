@@ -26,14 +26,13 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from dealrec.core import faults
-from dealrec.core.files import load_tensor, save_tensor
 from dealrec.core.logs import LOG, Timer
+from dealrec.core.resume import load_state, save_state
 from dealrec.data.dataset import RecData
 from dealrec.metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
 from dealrec.surrogate.objective import objective_of, trim_exact
@@ -164,7 +163,7 @@ def eval_sets(data: RecData, max_len: int = 50) -> tuple[EvalInputs, EvalInputs]
 class Progress:
     """What an epoch changes beyond the weights, the optimiser and the random generators: the
     epoch to run next, the best evaluation so far (and its weights), the early-stopping count,
-    the history and the timings. A resume file (:func:`save_resume`) holds it with the rest."""
+    the history and the timings. A resume file (:mod:`dealrec.core.resume`) holds it with the rest."""
 
     next_epoch: int = 0
     best_score: float = -1.0
@@ -177,40 +176,6 @@ class Progress:
     t_eval: float = 0.0
     n_eval: int = 0
     stopped: bool = False
-
-
-def save_resume(path: Path, key: str, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator,
-                progress: Progress) -> None:
-    """Write everything a resumed run needs to continue exactly where this one is (atomically)."""
-    state = {"key": key, "progress": dataclasses.asdict(progress), "model": model.state_dict(),
-             "optim": optim.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    save_tensor(path, state)
-
-
-def load_resume(path: Path, key: str, model: torch.nn.Module, optim: torch.optim.Optimizer,
-                gen: torch.Generator) -> Progress | None:
-    """Restore a run from ``path`` when it was written for ``key`` (else None: train from epoch 0)."""
-    if not path.is_file():
-        return None
-    try:
-        state = load_tensor(path)
-    except Exception as err:  # noqa: BLE001 - an unreadable resume file only costs the epochs it held
-        LOG.warning("surrogate: ignoring the unreadable resume file %s (%s)", path, err)
-        return None
-    if not isinstance(state, dict) or state.get("key") != key:
-        LOG.info("surrogate: %s belongs to other settings; training from epoch 0", path)
-        return None
-    model.load_state_dict(state["model"])
-    optim.load_state_dict(state["optim"])
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    progress = Progress(**state["progress"])
-    LOG.info("surrogate: resuming at epoch %d from %s", progress.next_epoch, path)
-    return progress
 
 
 def _train_epoch(model: torch.nn.Module, objective, samples, optim: torch.optim.Optimizer, gen: torch.Generator,
@@ -278,8 +243,10 @@ def train_surrogate(
     optim = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
     )
-    resume = Path(resume) if resume else None
-    p = (load_resume(resume, resume_key, model, optim, gen) if resume else None) or Progress()
+    saved = load_state(resume, resume_key, model, optim, gen, "surrogate") if resume else None
+    p = Progress(**saved) if saved else Progress()
+    if saved:
+        LOG.info("surrogate: resuming at epoch %d from %s", p.next_epoch, resume)
     faults.enter("surrogate")
     bar = tqdm(total=cfg.epochs, desc="surrogate epochs", initial=p.next_epoch)
     for epoch in range(p.next_epoch, cfg.epochs if not p.stopped else p.next_epoch):
@@ -293,7 +260,7 @@ def train_surrogate(
         p.history.append(record)
         p.next_epoch = epoch + 1
         if resume:
-            save_resume(resume, resume_key, model, optim, gen, p)
+            save_state(resume, resume_key, model, optim, gen, dataclasses.asdict(p))
         faults.step("surrogate")
         if p.stopped:
             break

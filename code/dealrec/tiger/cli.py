@@ -52,6 +52,8 @@ from dealrec.tiger.train import Example, TrainConfig, train_model
 from dealrec.tiger.trie import PrefixTrie
 
 MANIFEST = "tiger_manifest.json"
+# the training state after each epoch until the model is saved: a stopped run continues from it
+RESUME = "train_state.pt"
 TRAIN_EXAMPLES = ("last", "prefixes")
 PRESETS = finetune_preset("tiger")  # finetune.sh passes its --preset to every step
 
@@ -166,7 +168,8 @@ def _model_key(cfg: TigerConfig, data: RecData, emb: torch.Tensor, ids: Semantic
 def trained_model(cfg: TigerConfig, key: dict[str, Any], ids: SemanticIds, ex: dict[str, Any],
                   device: torch.device) -> tuple[Any, dict[str, Any]]:
     """The model of ``output_dir`` when its manifest has ``key``, else a model trained on ``ex`` and
-    saved there (the manifest last, so a folder with a manifest is complete)."""
+    saved there (the manifest last, so a folder with a manifest is complete); a training stopped
+    after some epochs resumes from ``output_dir``/:data:`RESUME`."""
     from transformers import T5ForConditionalGeneration
 
     out = Path(cfg.output_dir)
@@ -180,14 +183,16 @@ def trained_model(cfg: TigerConfig, key: dict[str, Any], ids: SemanticIds, ex: d
     model = build_model(ids.vocab_size, cfg.model, cfg.seed).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     LOG.info("TIGER model: T5 with %d parameters, vocabulary %d, IDs of %d tokens", n_params, ids.vocab_size, ids.depth)
+    resume = out / RESUME
     res = train_model(model, ex["train"], ex["valid"], ids.tokens, cfg.model.max_history, cfg.train, cfg.seed,
-                      cfg.progress)
+                      cfg.progress, resume=resume, resume_key=cache_key(key))
     model.save_pretrained(out)
     save_tensor(out / "semantic_ids.pt", {"codes": ids.codes, "level_sizes": ids.level_sizes})
     manifest = {"key": cache_key(key), "params": key, "n_train": len(ex["train"]), "n_valid": len(ex["valid"]),
                 "parameters": n_params, "semantic_ids": ids.stats, "train": dataclasses.asdict(res),
                 "machine": describe()}
     write_json(mpath, manifest)
+    resume.unlink(missing_ok=True)
     return model, manifest
 
 

@@ -9,7 +9,9 @@ one (without validation examples every epoch runs and the last weights are kept)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dealrec.core import faults
 from dealrec.core.logs import LOG
+from dealrec.core.resume import load_state, save_state
 from dealrec.tiger.model import history_inputs
 
 Example = tuple[Sequence[int], int]  # (history item ids, next item id)
@@ -106,9 +110,42 @@ def _epoch(model: Any, opt: torch.optim.Optimizer, examples: Sequence[Example], 
     return total / len(examples), steps
 
 
+@dataclass
+class Progress:
+    """What an epoch changes beyond the weights, the optimiser and the random generators (a resume
+    file, :mod:`dealrec.core.resume`, holds it with them)."""
+
+    next_epoch: int = 1
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    since: int = 0  # epochs without a lower validation loss
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+
+def _after_epoch(model: Any, p: Progress, epoch: int, valid_loss: float, patience: int) -> None:
+    """Keep the weights of the lowest validation loss; stop after ``patience`` epochs without one."""
+    p.valid_loss.append(valid_loss)
+    if valid_loss < p.best_loss:
+        p.best_loss, p.best_epoch, p.since = valid_loss, epoch, 0
+        p.best_state = copy.deepcopy(model.state_dict())
+    else:
+        p.since += 1
+    p.stopped = p.since >= patience
+
+
 def train_model(model: Any, train: Sequence[Example], valid: Sequence[Example], item_tokens: torch.Tensor,
-                max_history: int, cfg: TrainConfig, seed: int = 0, progress: bool = True) -> TrainResult:
-    """Train ``model`` in place on ``train``; it ends with the weights of the best validation epoch."""
+                max_history: int, cfg: TrainConfig, seed: int = 0, progress: bool = True,
+                resume: str | os.PathLike | None = None, resume_key: str = "") -> TrainResult:
+    """Train ``model`` in place on ``train``; it ends with the weights of the best validation epoch.
+
+    ``resume``: a file rewritten after every epoch (weights, optimiser, generators, :class:`Progress`);
+    a run that finds one written for the same ``resume_key`` continues after its last epoch and ends
+    as a run never stopped."""
     cfg.check()
     if not train:
         raise ValueError("no training examples (the selection's users have no training sequence)")
@@ -116,36 +153,36 @@ def train_model(model: Any, train: Sequence[Example], valid: Sequence[Example], 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    best_loss, best_epoch, best_state, since = math.inf, 0, None, 0
-    train_losses: list[float] = []
-    valid_losses: list[float] = []
-    steps = 0
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc="TIGER train", unit="epoch", disable=not progress)
-    for epoch in bar:
+    saved = load_state(resume, resume_key, model, opt, gen, "TIGER") if resume else None
+    p = Progress(**saved) if saved else Progress()
+    if saved:
+        LOG.info("TIGER: resuming at epoch %d from %s", p.next_epoch, resume)
+    bar = tqdm(total=cfg.max_epochs, initial=p.next_epoch - 1, desc="TIGER train", unit="epoch", disable=not progress)
+    for epoch in range(p.next_epoch, cfg.max_epochs + 1 if not p.stopped else p.next_epoch):
         loss, n = _epoch(model, opt, train, item_tokens, max_history, cfg.batch_size, gen)
-        train_losses.append(loss)
-        steps += n
-        if not valid:
-            bar.set_postfix(loss=f"{loss:.3f}")
-            continue
-        v = mean_loss(model, valid, item_tokens, max_history)
-        valid_losses.append(v)
-        if v < best_loss:
-            best_loss, best_epoch, since = v, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        p.train_loss.append(loss)
+        p.steps += n
+        if valid:
+            _after_epoch(model, p, epoch, mean_loss(model, valid, item_tokens, max_history), cfg.patience)
+            bar.set_postfix(loss=f"{loss:.3f}", valid=f"{p.valid_loss[-1]:.3f}", best=f"{p.best_loss:.3f}@{p.best_epoch}")
         else:
-            since += 1
-        bar.set_postfix(loss=f"{loss:.3f}", valid=f"{v:.3f}", best=f"{best_loss:.3f}@{best_epoch}")
-        if since >= cfg.patience:
+            bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update()
+        p.next_epoch = epoch + 1
+        if resume:
+            save_state(resume, resume_key, model, opt, gen,
+                       dataclasses.asdict(dataclasses.replace(p, seconds=p.seconds + time.perf_counter() - t0)))
+        faults.step("tiger")
+        if p.stopped:
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    epochs = len(train_losses)
-    result = TrainResult(epochs, best_epoch or epochs, best_loss if valid else None, train_losses, valid_losses,
-                         steps, round(time.perf_counter() - t0, 1))
+    if p.best_state is not None:
+        model.load_state_dict(p.best_state)
+    epochs = len(p.train_loss)
+    result = TrainResult(epochs, p.best_epoch or epochs, p.best_loss if valid else None, p.train_loss, p.valid_loss,
+                         p.steps, round(p.seconds + time.perf_counter() - t0, 1))
     LOG.info("TIGER trained %d epochs (%d steps, %.1f s) on %d examples; best epoch %d, validation loss %s",
-             epochs, steps, result.seconds, len(train), result.best_epoch,
-             f"{best_loss:.4f}" if valid else "n/a (no validation examples)")
+             epochs, p.steps, result.seconds, len(train), result.best_epoch,
+             f"{p.best_loss:.4f}" if valid else "n/a (no validation examples)")
     model.eval()
     return result
