@@ -137,3 +137,35 @@ def test_training_examples_from_the_selection(tiny_dataset, tmp_path):
     cfg.train_examples = "all"
     with pytest.raises(ValueError, match="--train_examples"):
         cfg.check()
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_training_resumes_to_the_same_model(tiny_dataset, tmp_path):
+    """``tiger.py`` killed (SIGKILL) after its 2nd training epoch leaves ``train_state.pt`` and no
+    manifest; the same command then resumes and saves the weights of an uninterrupted run."""
+    data, args = _setup(tiny_dataset, tmp_path)
+    ref_args = [a.replace(str(tmp_path / "model"), str(tmp_path / "ref")) for a in args]
+    ref_args = [a.replace("tiger_0_4.json", "ref_0_4.json") for a in ref_args]
+    code = "import sys; from dealrec.tiger import cli; sys.exit(cli.main(sys.argv[1:]))"
+    env = {**os.environ, "DEALREC_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+    def tiger(argv, **extra):
+        return subprocess.run([sys.executable, "-c", code, *argv], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=300)
+
+    assert tiger(ref_args).returncode == 0
+    killed = tiger(args, DEALREC_FAULT_AFTER="tiger:2")
+    assert killed.returncode == -9 and "SIGKILL after tiger step 2" in killed.stderr, killed.stderr[-2000:]
+    model_dir = tmp_path / "model"
+    assert (model_dir / RESUME).is_file() and not (model_dir / MANIFEST).exists()
+    resumed = tiger(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "TIGER: resuming at epoch 3" in resumed.stderr
+    assert not (model_dir / RESUME).exists()
+    from safetensors.torch import load_file
+
+    ref, got = load_file(tmp_path / "ref" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    ref_train = read_json(tmp_path / "ref" / MANIFEST)["train"]
+    got_train = read_json(model_dir / MANIFEST)["train"]
+    assert {k: v for k, v in got_train.items() if k != "seconds"} == {k: v for k, v in ref_train.items() if k != "seconds"}
