@@ -17,8 +17,19 @@ from dealrec.core.logs import logging_restored
 from dealrec.presets import STUDY_PRESETS as PRESETS
 from dealrec.study.config import StudyConfig
 from dealrec.study.paired import metrics_from_ranks
-from dealrec.study.report import REFERENCE, markdown_table, mean_std, paired_results, paired_table, summarize
+from dealrec.study.report import (
+    PAPER_TABLE2,
+    PAPER_TIGER,
+    REFERENCE,
+    markdown_table,
+    mean_std,
+    paired_results,
+    paired_table,
+    report_metrics,
+    summarize,
+)
 from dealrec.study.runner import Study
+from dealrec.study.signals import metrics_at
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,6 +62,26 @@ def test_summarize_and_table():
     assert lines[2].startswith("| dealrec | 2 | **0.3000 ± 0.1414** | **0.4000 ± 0.0000** | **0.2000 ± 0.1414** | 0.2000 ± 0.0000 |")
     assert lines[3] == "| random | 1 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.0000 ± 0.0000 | **0.3000 ± 0.0000** |"
     assert lines[4] == "| paper: DEALRec | – | 0.0181 | 0.0276 | 0.0115 | 0.0142 |"
+
+
+def test_the_report_follows_the_papers_cutoffs_per_data_set():
+    """Table 2 reports Games at @10/@20 and MicroLens-50K at @20/@50: the report's columns and the
+    paper's rows beside them follow; a run record holds all of @10/@20/@50."""
+    assert report_metrics("games") == ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")
+    assert report_metrics("microlens-50k") == ("Recall@20", "Recall@50", "NDCG@20", "NDCG@50")
+    assert report_metrics("my-own-data") == report_metrics("games")
+    for table in (PAPER_TABLE2, PAPER_TIGER):
+        assert all(len(v) == 4 for rows in table.values() for v in rows.values())
+    rows = [{"strategy": "dealrec", "seed": 0, "Recall@20": 0.2, "Recall@50": 0.3, "NDCG@20": 0.1, "NDCG@50": 0.15}]
+    metrics = report_metrics("microlens-50k")
+    lines = markdown_table(summarize(rows, metrics), {"dealrec": 1}, PAPER_TABLE2["microlens-50k"], metrics).splitlines()
+    assert lines[0] == "| strategy | seeds | Recall@20 | Recall@50 | NDCG@20 | NDCG@50 |"
+    assert lines[3] == "| paper: DEALRec | – | 0.0124 | 0.0160 | 0.0055 | 0.0064 |"
+    record = metrics_at({"Recall": [0.1, 0.2, 0.3, 0.4], "NDCG": [0.01, 0.02, 0.03, 0.04]}, [5, 10, 20, 50])
+    assert record == {"Recall@10": 0.2, "Recall@20": 0.3, "Recall@50": 0.4, "NDCG@10": 0.02, "NDCG@20": 0.03,
+                      "NDCG@50": 0.04}
+    with pytest.raises(ValueError, match=r"--tiger.ks must include the report's cutoffs \[20, 50\] for microlens-50k"):
+        StudyConfig.from_preset("microlens", **{"tiger.ks": (10, 20)}).validate()
 
 
 def test_config_errors_name_the_argument(tmp_path):

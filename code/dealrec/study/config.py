@@ -299,12 +299,14 @@ class StudyConfig(FlatView):
     def _check_tiger(self) -> None:
         """The TIGER section's settings (its own check, the per-run paths aside), and the cutoffs
         the report reads among its ``ks``."""
-        from dealrec.study.report import REPORT_KS
+        from dealrec.study.report import report_ks
 
         self.tiger_config(*(Path("-"),) * len(PER_RUN["tiger"]), seed=0).check()
-        missing = sorted(set(REPORT_KS) - set(self.tiger.ks))
+        needed = report_ks(self.data_name)
+        missing = sorted(set(needed) - set(self.tiger.ks))
         if missing:
-            raise ValueError(f"--tiger.ks must include the report's cutoffs {list(REPORT_KS)}; {missing} missing")
+            raise ValueError(f"--tiger.ks must include the report's cutoffs {list(needed)} for {self.data_name}; "
+                             f"{missing} missing")
 
     def prune_config(self, strategy: str = "dealrec") -> PruneConfig:
         """The pruning configuration of ``strategy`` (its registered scoring settings applied).

@@ -28,7 +28,7 @@ from dealrec.llm.finetune import is_done
 from dealrec.llm.finetune import train as finetune
 from dealrec.llm.generate import run_inference
 from dealrec.llm.ground import evaluate_results
-from dealrec.study.report import REPORT_KS
+from dealrec.study.report import ROW_KS
 from dealrec.surrogate import build_surrogate
 from dealrec.surrogate.trainer import SurrogateConfig, train_surrogate
 from dealrec.tiger.cli import run as tiger_train_and_rank
@@ -45,11 +45,12 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if k not in RECORD_ONLY}
 
 
-def _at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
-    """{"Recall@10": …, …} from a metrics dict with per-k lists aligned to ``ks``."""
+def metrics_at(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, float]:
+    """{"Recall@10": …, …} at every cutoff of ROW_KS in ``ks``, from a metrics dict with per-k lists
+    aligned to ``ks``."""
     out = {}
     for m in ("Recall", "NDCG"):
-        for k in REPORT_KS:
+        for k in (k for k in ROW_KS if k in ks):
             out[f"{m}@{k}"] = float(metrics[m][list(ks).index(k)])
     return out
 
@@ -109,7 +110,7 @@ def _llm_train_and_score(study: Study, strategy: str, seed: int, users: list[int
     per_user = report.pop("per_user")
     if per_user["users"] != study.test_user_ids():
         raise ValueError(f"{icfg.result_file}: its users are not the study's fixed test users")
-    record = {"strategy": strategy, "seed": seed, **_at(report, report["ks"]),
+    record = {"strategy": strategy, "seed": seed, **metrics_at(report, report["ks"]),
               "exact_title_share": report["exact_title_share"], "n_users": report["n_users"],
               "n_items_ranked": report["n_items_ranked"], "timings": timings,
               "finetune_ran": _finetune_ran(Path(ft.output_dir)),
@@ -147,7 +148,7 @@ def _sasrec_train(study: Study, label: str, seed: int, users: list[int], params:
     model = build_surrogate("SASRec", study.data.n_items, scfg)
     with Timer() as t:
         res = train_surrogate(model, study.data, scfg, study.cfg.device, train_users=sorted(users))
-    record = {"strategy": label, "seed": seed, **_at(res.test, scfg.ks), "best_epoch": res.best_epoch,
+    record = {"strategy": label, "seed": seed, **metrics_at(res.test, scfg.ks), "best_epoch": res.best_epoch,
               "n_test_users": res.test["n_users"], "seconds": round(t.seconds, 1),
               "metrics": {"ks": list(scfg.ks), **{k: res.test[k] for k in ("Recall", "NDCG", "Precision", "MRR")}}}
     study.records.write_users("sasrec", res.test_users)
@@ -174,7 +175,7 @@ def _tiger_train_and_score(study: Study, label: str, seed: int, users: list[int]
     per_user = read_json(hits_path(tcfg.result_file))
     if per_user["users"] != study.data.test_users:
         raise ValueError(f"{hits_path(tcfg.result_file)}: its users are not every test user of {cfg.data_name}")
-    record = {"strategy": label, "seed": seed, **_at(report, report["ks"]), "n_users": report["n_users"],
+    record = {"strategy": label, "seed": seed, **metrics_at(report, report["ks"]), "n_users": report["n_users"],
               "train_seconds": report["train_seconds"], "decode_seconds": report["decode_seconds"],
               "metrics": {k: report[k] for k in ("ks", "Recall", "NDCG", "Precision", "MRR", "n_users", "short_lists",
                                                  "n_items_ranked", "catalogue", "ranking", "semantic_ids")}}
