@@ -100,17 +100,16 @@ def popularity_negatives(train: list[list[int]], history: list[list[int]], targe
     """[sessions, n_neg] 1-based negatives per test session: drawn with replacement in proportion to
     each item's interactions (the train rows' items and the test targets: every interaction once),
     none of them an item of the session."""
-    counts = torch.zeros(n_items, dtype=torch.float64)
-    for seq in train:
-        counts.index_add_(0, torch.tensor(seq), torch.ones(len(seq), dtype=torch.float64))
-    counts.index_add_(0, torch.tensor(target), torch.ones(len(target), dtype=torch.float64))
+    weights = torch.bincount(torch.tensor([i for seq in train for i in seq] + list(target)),
+                             minlength=n_items).double()
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(len(target), n_neg, dtype=torch.long)
     for u, (h, y) in enumerate(zip(history, target)):
         own = torch.tensor(sorted({*h, y}))
-        weights = counts.clone()
+        kept = weights[own]  # the session's items are excluded for this draw only
         weights[own] = 0.0
         out[u] = torch.multinomial(weights, n_neg, replacement=True, generator=gen) + 1
+        weights[own] = kept
     return out
 
 
