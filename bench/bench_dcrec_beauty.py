@@ -214,6 +214,10 @@ def main() -> None:
                    help="a file rewritten after every epoch; the same command continues from it (epochs take "
                         "minutes on a CPU)")
     a = p.parse_args()
+    missing = [f for f in ("beauty.train.inter", "beauty.test.inter") if not (Path(a.data) / f).is_file()]
+    if missing:
+        p.error(f"--data {a.data}: no {' or '.join(missing)} there; pass the authors' dataset/beauty folder "
+                "(github.com/HKUDS/DCRec)")
     if a.threads:
         torch.set_num_threads(a.threads)
     print(json.dumps(train_and_test(a), indent=1))
