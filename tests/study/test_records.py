@@ -1,4 +1,4 @@
-"""The study's run records: keys, per-user files, compact JSON."""
+"""The study's run records: keys, per-user files, compact JSON, the machine behind the times."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import pytest
 
 from dealrec.core.files import read_json
+from dealrec.core.hardware import describe
 from dealrec.study.records import Records, users_key, write_record_json
+from dealrec.study.report import machines_line
+from dealrec.study.signals import row
 
 
 def test_a_record_is_found_only_with_its_key_and_its_per_user_file(tmp_path):
@@ -49,3 +52,17 @@ def test_users_file_and_compact_json(tmp_path):
     assert '"a": [1, 2.5, -1, null]' in text and "[1, 2]" in text
     assert read_json(tmp_path / "x.json") == json.loads(text) == {"a": [1, 2.5, -1, None], "b": {"c": [[1, 2], [3]]},
                                                                  "s": ["x", "y"]}
+
+
+def test_a_record_names_the_machine_that_ran_it_and_its_row_leaves_it_out(tmp_path):
+    put = Records(tmp_path).put("tiger", "random_s0", {"k": 1}, {"train_seconds": 3.0}, [[0]], [1])
+    assert put["machine"] == describe()
+    assert "machine" not in row(put) and row(put)["train_seconds"] == 3.0
+
+
+def test_the_report_names_the_machines_behind_the_run_times():
+    rows = {"llm": [{"machine": None}, {"machine": None}],
+            "sasrec": [{"machine": "CPU A"}, {}],
+            "tiger": [{"machine": "CPU A"}, {"machine": "CPU B"}]}
+    assert machines_line(rows) == ("Run times measured on: machine not recorded (2 llm, 1 sasrec); "
+                                   "CPU A (1 sasrec, 1 tiger); CPU B (1 tiger).")

@@ -12,7 +12,8 @@ report needs and nothing heavy:
 - ``users/<signal>.json`` — the test users of a signal (the same for every run of it).
 
 Every record carries the ``key`` (a hash of ``params``: the settings that determine the run,
-without paths, devices or batch sizes that do not change the result) it was made with; a run
+without paths, devices or batch sizes that do not change the result) it was made with, and the
+``machine`` that ran it (:func:`dealrec.core.hardware.describe`: its timings are that machine's); a run
 whose record has the expected key is never recomputed, so a study resumes from its records on a
 machine without the heavy caches (scores, adapters, title embeddings).
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 from dealrec.core.cache import cache_key
 from dealrec.core.files import jsonable, read_json, write_compact_json, write_text
+from dealrec.core.hardware import describe
 from dealrec.study.config import SIGNALS
 
 _NUMBER_LIST = re.compile(r"\[(?:\s|[-+\d.eE,]|null|NaN)*\]")
@@ -76,7 +78,8 @@ class Records:
             hit_ranks: Sequence[Sequence[int]] | None = None, users: Sequence[int | None] | None = None) -> dict:
         """Write ``record`` (with its key and params) and, for a signal, its per-user hit ranks
         (first, so that a record never exists without them)."""
-        rec = {"key": cache_key(params), **record, "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "params": params}
+        rec = {"key": cache_key(params), **record, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "machine": describe(), "params": params}
         if hit_ranks is not None:
             if users is None or len(users) != len(hit_ranks):
                 raise ValueError(f"{kind}/{name}: per-user hit ranks need their users in the same order")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dealrec.core.files import atomic_path, write_json, write_text
+from dealrec.core.hardware import cpu_name
 from dealrec.core.logs import LOG
 from dealrec.core.model_id import model_id
 from dealrec.study.paired import metrics_from_ranks, paired_difference, power_factor, verdict
@@ -289,7 +290,7 @@ def _header(cfg: Any, facts: StudyFacts, tiger: bool) -> list[str]:
         f"# Reproduction study: {cfg.data_name}, n = {cfg.n}" + (f" (preset `{cfg.preset}`)" if cfg.preset else ""),
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} "
-        f"({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"({cpu_name()}, {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}); "
         f"LLM: {model_id(cfg.base_model)}. Candidates: {facts.n_candidates} eligible users among the first "
         f"{facts.pool_users} of {facts.n_users}; each run selects n = {cfg.n}. Mean ± sample std over "
@@ -433,8 +434,20 @@ def stage_seconds(cfg: Any, rows: Rows, prune_t: dict[str, float],
     return stage_rows, total
 
 
+def machines_line(rows: Rows) -> str:
+    """Which machines the run times come from: per machine named in the records, its runs per
+    signal (records made without a ``machine`` count as "machine not recorded")."""
+    runs: dict[str, dict[str, int]] = {}
+    for signal, signal_rows in rows.items():
+        for r in signal_rows:
+            per = runs.setdefault(r.get("machine") or "machine not recorded", {})
+            per[signal] = per.get(signal, 0) + 1
+    return "Run times measured on: " + "; ".join(
+        f"{m} ({', '.join(f'{n} {signal}' for signal, n in per.items())})" for m, per in runs.items()) + "."
+
+
 def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, float],
-                    wall_seconds: float | None, tiger: bool) -> list[str]:
+                    wall_seconds: float | None, tiger: bool, machines: str) -> list[str]:
     head = "| strategy | fine-tune | generate | ground | SASRec on selection |"
     return [
         "## Wall-clock time per stage (seconds)",
@@ -447,7 +460,7 @@ def _timing_section(stage_rows: list[str], total: float, prune_t: dict[str, floa
         "|---|---|---|---|---|" + ("---|" if tiger else ""),
         *stage_rows,
         "",
-        "Means over seeds; a stage reused from disk keeps the time of the run that made it.",
+        "Means over seeds; a stage reused from disk keeps the time of the run that made it. " + machines,
         "",
     ]
 
@@ -472,7 +485,7 @@ def render_report(cfg: Any, rows: Rows, facts: StudyFacts, paired: dict[str, Any
         *_paired_sections(paired, n_test, n_sas_test, PAPER_TABLE2.get(cfg.data_name), facts.seed_free,
                           report_metrics(cfg.data_name)),
         *(_tiger_paired(paired, n_tiger_test, cfg.data_name) if tiger else []),
-        *_timing_section(stage_rows, total, prune_t, wall_seconds, tiger),
+        *_timing_section(stage_rows, total, prune_t, wall_seconds, tiger, machines_line(rows)),
         "## Per run",
         "",
         *_per_run_table(rows, ("llm", "sasrec", "tiger") if tiger else ("llm", "sasrec"), report_metrics(cfg.data_name)),

@@ -281,7 +281,8 @@ def collect(study: Study) -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
         if rec is None:
             missing.append((signal, label, seed))
             continue
-        rows[signal].append({**row(rec), "strategy": label, "seed": seed, **rec.get("timings", {})})
+        rows[signal].append({**row(rec), "strategy": label, "seed": seed, **rec.get("timings", {}),
+                             "machine": rec.get("machine")})
         users_keys[signal].add(rec["users_key"])
         per_user[signal].setdefault(label, {})[seed] = study.records.hit_ranks(signal, f"{label}_s{seed}", rec)
     for signal, found in users_keys.items():

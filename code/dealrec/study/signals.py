@@ -37,7 +37,7 @@ from dealrec.tiger.evaluate import hits_path
 if TYPE_CHECKING:
     from dealrec.study.runner import Study
 
-RECORD_ONLY = ("key", "params", "written", "users_key", "metrics", "timings", "finetune_ran")
+RECORD_ONLY = ("key", "params", "written", "machine", "users_key", "metrics", "timings", "finetune_ran")
 
 
 def row(rec: dict[str, Any]) -> dict[str, Any]:
