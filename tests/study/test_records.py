@@ -1,13 +1,15 @@
-"""The study's run records: keys, per-user files, compact JSON, the machine behind the times."""
+"""Study run records: keys, per-user files, compact JSON, the machine behind the times, pruning times."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from dealrec.core.files import read_json
 from dealrec.core.hardware import describe
+from dealrec.study import runner
 from dealrec.study.records import Records, users_key, write_record_json
 from dealrec.study.report import machines_line
 from dealrec.study.signals import row
@@ -66,3 +68,11 @@ def test_the_report_names_the_machines_behind_the_run_times():
             "tiger": [{"machine": "CPU A"}, {"machine": "CPU B"}]}
     assert machines_line(rows) == ("Run times measured on: machine not recorded (2 llm, 1 sasrec); "
                                    "CPU A (1 sasrec, 1 tiger); CPU B (1 tiger).")
+
+
+def test_recorded_pruning_times_stay_and_missing_stages_are_added(tmp_path, monkeypatch):
+    study = SimpleNamespace(records=Records(tmp_path), cfg=None)
+    (tmp_path / "prune.json").write_text(json.dumps({"surrogate": 2584.4}))
+    monkeypatch.setattr(runner, "prune_timings", lambda cfg: {"surrogate": 330.1, "influence": 9.0})
+    assert runner.record_prune_timings(study) == {"surrogate": 2584.4, "influence": 9.0}
+    assert read_json(tmp_path / "prune.json") == {"surrogate": 2584.4, "influence": 9.0}

@@ -295,15 +295,15 @@ def collect(study: Study) -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
 
 
 def record_prune_timings(study: Study) -> dict[str, float]:
-    """The pruning stages' seconds: the score manifests' (when there) merged into the record
-    folder's ``prune.json``, so that a report made from the records alone still has them."""
+    """The pruning stages' seconds in the record folder's ``prune.json``, so that a report made
+    from the records alone still has them: a stage's first recorded time stays (the scores that made
+    the first selections); the score manifests in ``<out>/scores`` add the stages it lacks."""
     path = study.records.root / "prune.json"
     t = read_json(path) if path.is_file() else {}
-    new = prune_timings(study.cfg)
-    if new and {**t, **new} != t:
-        t.update(new)
-        write_json(path, t)
-    return t
+    merged = {**prune_timings(study.cfg), **t}
+    if merged != t:
+        write_json(path, merged)
+    return merged
 
 
 def report(study: Study, wall_seconds: float | None = None) -> Path:
