@@ -51,6 +51,7 @@ from dealrec.surrogate.samples import SampleTensors, build_eval, left_pad
 from dealrec.surrogate.trainer import evaluate
 
 HEADER = ("session_id:token", "item_id_list:token_seq", "item_id:token")
+SPLIT_FILES = ("beauty.train.inter", "beauty.test.inter")  # the authors' dataset/beauty folder
 SAMPLED_KS = (1, 5, 10)  # the authors' topk
 N_NEGATIVES = 100  # pop100
 # The DCRec paper's Beauty row (HR and NDCG@1/5/10 under pop100): the authors' repository does not
@@ -76,7 +77,7 @@ def read_inter(path: Path) -> dict[str, tuple[list[str], str]]:
 def load_split(folder: Path, max_users: int | None) -> tuple[list[list[int]], list[list[int]], list[int], int]:
     """(training item sequences, test histories, test targets, n_items): 0-based ids, sessions in
     the train file's order, items numbered by token over both files."""
-    train_rows, test_rows = read_inter(folder / "beauty.train.inter"), read_inter(folder / "beauty.test.inter")
+    train_rows, test_rows = (read_inter(folder / f) for f in SPLIT_FILES)
     sessions = [s for s in train_rows if s in test_rows][:max_users]
     tokens = sorted({t for rows in (train_rows, test_rows) for h, y in rows.values() for t in (*h, y)}, key=int)
     ids = {t: i for i, t in enumerate(tokens)}
@@ -214,7 +215,7 @@ def main() -> None:
                    help="a file rewritten after every epoch; the same command continues from it (epochs take "
                         "minutes on a CPU)")
     a = p.parse_args()
-    missing = [f for f in ("beauty.train.inter", "beauty.test.inter") if not (Path(a.data) / f).is_file()]
+    missing = [f for f in SPLIT_FILES if not (Path(a.data) / f).is_file()]
     if missing:
         p.error(f"--data {a.data}: no {' or '.join(missing)} there; pass the authors' dataset/beauty folder "
                 "(github.com/HKUDS/DCRec)")
