@@ -193,3 +193,21 @@ def test_check_adapter_mismatch_message_names_both_and_the_fix(tmp_path):
                                    "q_proj,v_proj"])
 def test_parse_modules(given):
     assert llm.parse_modules(given) == ["q_proj", "v_proj"]
+
+
+def test_add_lora_emits_no_future_warning(tmp_path):
+    """Wrapping a model in LoRA (fresh, then loaded from the saved adapter) passes no FutureWarning
+    of peft's own code on to the user."""
+    import warnings
+
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                   max_position_embeddings=32, pad_token_id=0)
+    config = lora_config(4, 8, 0.0, ["q_proj", "v_proj"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm.add_lora(transformers.LlamaForCausalLM(cfg), config, None).save_pretrained(tmp_path)
+        llm.add_lora(transformers.LlamaForCausalLM(cfg), config, tmp_path)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

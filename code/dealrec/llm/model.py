@@ -15,6 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -475,10 +478,22 @@ def add_lora(model: Any, config: Any, adapter_dir: str | os.PathLike | None = No
     """
     from peft import get_peft_model
 
-    if adapter_dir:
-        path = check_adapter(adapter_dir, config)
-        return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout, flag="--resume_from_checkpoint")
-    return get_peft_model(model, config)
+    with _peft_wrap_quiet():
+        if adapter_dir:
+            path = check_adapter(adapter_dir, config)
+            return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout,
+                                flag="--resume_from_checkpoint")
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def _peft_wrap_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning peft's model wrapping triggers on transformers ≥ 5: peft reads
+    the model's ``is_gradient_checkpointing`` property, which transformers marks deprecated. The
+    warning is about peft's code, says nothing about this run, and other warnings pass through."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def causal_lm(model: Any) -> Any:
