@@ -76,3 +76,17 @@ def test_recorded_pruning_times_stay_and_missing_stages_are_added(tmp_path, monk
     monkeypatch.setattr(runner, "prune_timings", lambda cfg: {"surrogate": 330.1, "influence": 9.0})
     assert runner.record_prune_timings(study) == {"surrogate": 2584.4, "influence": 9.0}
     assert read_json(tmp_path / "prune.json") == {"surrogate": 2584.4, "influence": 9.0}
+
+
+def test_a_selection_is_seed_free_when_equal_across_the_seeds_of_each_score_set(tmp_path):
+    rec = Records(tmp_path)
+    study = SimpleNamespace(records=rec, cfg=SimpleNamespace(strategies=("greedy", "random"), all_seeds=(0, 1, 2, 3)),
+                            selection_params=lambda s, seed: {"strategy": s, "seed": seed})
+    old, new = {"influence": "aa"}, {"influence": "bb"}
+    for seed, scores, users in ((0, old, [1, 2]), (1, old, [1, 2]), (2, new, [3, 4]), (3, new, [3, 4])):
+        rec.put("selection", f"greedy_s{seed}", {"strategy": "greedy", "seed": seed}, {"indices": users, "scores": scores})
+        rec.put("selection", f"random_s{seed}", {"strategy": "random", "seed": seed},
+                {"indices": [seed, 9], "scores": old})
+    assert runner.seed_free_strategies(study) == ("greedy",)
+    rec.put("selection", "greedy_s3", {"strategy": "greedy", "seed": 3}, {"indices": [4, 3], "scores": new})
+    assert runner.seed_free_strategies(study) == ()  # one score set's seeds disagree

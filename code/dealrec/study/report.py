@@ -386,8 +386,8 @@ def _paired_sections(paired: dict[str, Any], n_test: int | str, n_sas_test: int 
                      paper: dict[str, tuple[float, ...]] | None, seed_free: Sequence[str],
                      metrics: Sequence[str] = METRICS) -> list[str]:
     power = power_lines(paired.get("llm", {}), paper, metrics)
-    same = (f"The selection of {', '.join(f'`{s}`' for s in seed_free)} is the same for every seed (it draws "
-            "nothing at random): its seeds differ in the training only." if seed_free else "")
+    same = (f"The selection of {', '.join(f'`{s}`' for s in seed_free)} is the same for every seed that uses "
+            "the same scores (it draws nothing at random): those seeds differ in the training only." if seed_free else "")
     return [
         f"## Paired differences to {BASELINE}",
         "",

@@ -28,6 +28,7 @@ and several processes can share the work when given disjoint ``strategies`` (``o
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -316,16 +317,17 @@ def report(study: Study, wall_seconds: float | None = None) -> Path:
 
 
 def seed_free_strategies(study: Study) -> tuple[str, ...]:
-    """The strategies whose recorded selections are identical for every seed (≥ 2 seeds recorded)."""
+    """The strategies whose recorded selections are identical for every seed that used the same
+    scores (the score hashes of the record), with ≥ 2 seeds recorded on one score set."""
     out = []
     for s in study.cfg.strategies:
-        picks = []
+        by_scores: dict[str, list[list[int]]] = {}
         for seed in study.cfg.all_seeds:
-            try:
-                picks.append(study.selection(s, seed, compute=False))
-            except FileNotFoundError:
-                continue
-        if len(picks) > 1 and all(p == picks[0] for p in picks):
+            rec = study.records.get("selection", f"{s}_s{seed}", study.selection_params(s, seed))
+            if rec is not None:
+                by_scores.setdefault(json.dumps(rec.get("scores"), sort_keys=True), []).append(rec["indices"])
+        groups = by_scores.values()
+        if any(len(g) > 1 for g in groups) and all(all(p == g[0] for p in g) for g in groups):
             out.append(s)
     return tuple(out)
 
