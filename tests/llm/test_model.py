@@ -195,9 +195,9 @@ def test_parse_modules(given):
     assert llm.parse_modules(given) == ["q_proj", "v_proj"]
 
 
-def test_add_lora_emits_no_future_warning(tmp_path):
-    """Wrapping a model in LoRA (fresh, then loaded from the saved adapter) passes no FutureWarning
-    of peft's own code on to the user."""
+def test_lora_wrapping_emits_no_future_warning(tmp_path):
+    """Wrapping a model in LoRA (fresh, then loaded from the saved adapter for training and for
+    generation) passes no FutureWarning of peft's own code on to the user."""
     import warnings
 
     import transformers
@@ -210,4 +210,5 @@ def test_add_lora_emits_no_future_warning(tmp_path):
         warnings.simplefilter("always")
         llm.add_lora(transformers.LlamaForCausalLM(cfg), config, None).save_pretrained(tmp_path)
         llm.add_lora(transformers.LlamaForCausalLM(cfg), config, tmp_path)
+        llm.load_adapter(transformers.LlamaForCausalLM(cfg), tmp_path)  # generation's path
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

@@ -459,7 +459,8 @@ def load_adapter(
     if dropout is not None:
         saved.lora_dropout = dropout
     try:
-        loaded = PeftModel.from_pretrained(model, str(path), is_trainable=trainable, config=saved)
+        with _peft_wrap_quiet():
+            loaded = PeftModel.from_pretrained(model, str(path), is_trainable=trainable, config=saved)
     except (RuntimeError, ValueError) as e:
         base = _read_json(path / "adapter_config.json").get("base_model_name_or_path")
         raise ModelError(
@@ -478,11 +479,10 @@ def add_lora(model: Any, config: Any, adapter_dir: str | os.PathLike | None = No
     """
     from peft import get_peft_model
 
+    if adapter_dir:
+        path = check_adapter(adapter_dir, config)
+        return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout, flag="--resume_from_checkpoint")
     with _peft_wrap_quiet():
-        if adapter_dir:
-            path = check_adapter(adapter_dir, config)
-            return load_adapter(model, path, trainable=trainable, dropout=config.lora_dropout,
-                                flag="--resume_from_checkpoint")
         return get_peft_model(model, config)
 
 
