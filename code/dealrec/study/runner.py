@@ -28,7 +28,6 @@ and several processes can share the work when given disjoint ``strategies`` (``o
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -325,7 +324,7 @@ def seed_free_strategies(study: Study) -> tuple[str, ...]:
         for seed in study.cfg.all_seeds:
             rec = study.records.get("selection", f"{s}_s{seed}", study.selection_params(s, seed))
             if rec is not None:
-                by_scores.setdefault(json.dumps(rec.get("scores"), sort_keys=True), []).append(rec["indices"])
+                by_scores.setdefault(cache_key({"scores": rec.get("scores")}), []).append(rec["indices"])
         groups = by_scores.values()
         if any(len(g) > 1 for g in groups) and all(all(p == g[0] for p in g) for g in groups):
             out.append(s)
