@@ -113,7 +113,7 @@ def test_registry_entry_and_defaults():
     assert dcrec_settings() == {"inner_size": 256, "graph_dropout": 0.5, "sim_group": 4, "cl_weight": 0.1,
                                 "cl_temperature": 1.0, "kl_weight": 0.01, "weight_mean": 0.5, "weight_std": 0.1,
                                 "first_item_weight": 0.5}
-    assert spec.cache_key() == {"objective": {"objective": "dcrec", **dcrec_settings()}}
+    assert spec.cache_key() == {"objective": {"objective": "dcrec", "graph_views": "per batch", **dcrec_settings()}}
     model = build_surrogate("DCRec", N_ITEMS, cfg)
     assert objective_of(model) is DCREC and model.cfg.attention_probs_dropout_prob == 0.1
     assert model.adj_indices.shape == (2, 0)  # no graphs without training data
@@ -303,6 +303,21 @@ def test_split_batch_loss_and_gradient_equal_padded_batch():
         torch.testing.assert_close(split, padded, rtol=1e-6, atol=0)
         for n, a, b in zip(names, g_pad, torch.autograd.grad(split, params)):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()) + 1e-10, msg=n)
+
+
+def test_a_split_training_batch_reads_one_draw_of_the_graph_views(monkeypatch):
+    model = tiny_dcrec(seed=4).train()
+    s = DCREC.build_samples(make_train(), N_ITEMS, MAX_LEN)
+    calls = []
+    views = model.graph_views
+    monkeypatch.setattr(model, "graph_views", lambda: calls.append(1) or views())
+    buckets = []
+    terms = dcrec_loss_terms
+    monkeypatch.setattr("dealrec.surrogate.objective.dcrec_loss_terms",
+                        lambda *a, **k: buckets.append(k["views"]) or terms(*a, **k))
+    DCREC.batch_loss(model, s.input_ids, s.target_pos, None, split=True, overhead=0.0).backward()
+    assert len(buckets) > 1 and len(calls) == 1
+    assert all(v is buckets[0] for v in buckets)
 
 
 def chain_data(n_users: int = 80, n_items: int = 30, seed: int = 0) -> RecData:

@@ -120,10 +120,12 @@ def dcrec_loss_terms(
     target_neg: torch.Tensor | None = None,
     user_items: torch.Tensor | None = None,
     negatives: str = "sampled",
+    views: GraphViews | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample (sum of its position terms [B], number of target positions [B]) of the next-item
     samples ``input_ids`` / ``target_pos``. ``target_neg``, ``user_items`` and ``negatives`` are
-    accepted for the common signature and ignored (a full softmax needs no negatives)."""
+    accepted for the common signature and ignored (a full softmax needs no negatives). ``views``:
+    the item graph views to read (default: computed here, :meth:`DCRec.graph_views`)."""
     del target_neg, user_items, negatives
     cfg = model.cfg
     mask = target_pos > 0
@@ -131,7 +133,7 @@ def dcrec_loss_terms(
     h = model.encode(input_ids)
     if not rows.numel():  # nothing to predict: a zero that still belongs to the graph
         return h.sum((1, 2)) * 0, mask.sum(1)
-    views = model.graph_views()
+    views = model.graph_views() if views is None else views
     h_cl = model.encode(input_ids) if model.training else h  # the authors' second pass
     items, targets = input_ids[mask], target_pos[mask]
     emb = model.item_embeddings.weight

@@ -21,6 +21,7 @@ surrogate with another loss plugs in without any stage knowing its name.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -184,12 +185,26 @@ class DCRecObjective(Objective):
     def loss_terms(self) -> LossTerms:
         return dcrec_loss_terms
 
+    def batch_loss(
+        self, model: nn.Module, input_ids: torch.Tensor, target_pos: torch.Tensor, target_neg: torch.Tensor | None,
+        split: bool = True, overhead: float = DEFAULT_BUCKET_OVERHEAD,
+    ) -> torch.Tensor:
+        """The training loss of a batch, with the item graph views computed once for the whole
+        batch and read by each of its length buckets: as the authors, one GCN pass (in training,
+        one dropout draw of the graphs) per batch, and the GCNs over all items, whose cost does
+        not depend on the bucket's size, are not repeated per bucket."""
+        terms = functools.partial(dcrec_loss_terms, views=model.graph_views())
+        if split:
+            return split_batch_loss(model, input_ids, target_pos, target_neg, overhead, terms=terms)
+        sums, counts = terms(model, input_ids, target_pos, target_neg)
+        return sums.sum() / counts.sum().clamp(min=1)
+
     def error_norms(self, model, input_ids, target_pos, target_neg=None) -> torch.Tensor:  # noqa: ANN001
         """EL2N of the cross-entropy part (the fused state's softmax over all items)."""
         return softmax_error_norms(model, input_ids, target_pos)
 
     def key(self) -> dict | None:
-        return {"objective": self.name, **dcrec_settings()}
+        return {"objective": self.name, "graph_views": "per batch", **dcrec_settings()}
 
 
 DCREC = DCRecObjective()
