@@ -5,7 +5,7 @@ command line's own options.
 - :data:`PRUNE_PRESETS` (``prune.py --preset``, ``prune.sh … --preset demo``);
 - :data:`FINETUNE_PRESETS` (``finetune.sh <data> --preset cpu-demo``: one entry per script of
   the chain — ``gen_fewshot``, ``finetune``, ``inference``, ``evaluate``);
-- :data:`STUDY_PRESETS` (``bench/reproduce.py --preset cpu|gpu|full``).
+- :data:`STUDY_PRESETS` (``bench/reproduce.py --preset cpu|gpu|full|microlens|dcrec``).
 """
 
 from __future__ import annotations
@@ -98,4 +98,15 @@ STUDY_PRESETS["microlens"] = {
     **STUDY_PRESETS["full"], "data_name": "microlens-50k", "prune.select.lamda": 1.0, "prune.select.k": 50,
     "llm_strategies": ("dealrec", "dealrec-stable", "random"),
     "tiger_strategies": ("dealrec", "dealrec-stable", "random"),
+}
+# DCRec as the surrogate (paper Table 4's question on the cheap signal): DEALRec with DCRec's
+# influence scores, random and the influence-only ablation on the `full` preset's SASRec signal
+# (all 8,696 test users, 5 seeds), paired with random per test user; the LLM signal is planned
+# for DCRec-DEALRec only (3 seeds), to be run where the SASRec signal shows a difference. No
+# full-data row: it does not depend on the surrogate (the `full` preset's is the same run). Its
+# own output folder: run folders are named by strategy and seed, so `full`'s would be shared.
+STUDY_PRESETS["dcrec"] = {
+    **STUDY_PRESETS["full"], "prune.surrogate.name": "DCRec", "out_dir": "results/games_1024_dcrec",
+    "strategies": ("dealrec", "random", "influence"), "llm_strategies": ("dealrec",), "signals": ("sasrec",),
+    "reference_seeds": (),
 }

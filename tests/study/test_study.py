@@ -293,6 +293,25 @@ def test_n_larger_than_candidates(tiny_dataset):
         Study(StudyConfig.flat(data_dir=str(ds.data_dir), data_name="games", n=5, seeds=(0,)))
 
 
+def test_dcrec_preset_plans_the_sasrec_signal_of_dcrec_scores_apart_from_full():
+    """DCRec's influence behind dealrec and influence, random beside them on SASRec's 5 seeds, the
+    LLM planned for dealrec only, no full-data row, and its own output and record folders."""
+    cfg = StudyConfig.from_preset("dcrec")
+    cfg.validate()
+    full = StudyConfig.from_preset("full")
+    assert (cfg.surrogate, full.surrogate) == ("DCRec", "SASRec") and cfg.summary()["surrogate"] == "DCRec"
+    assert (cfg.data_name, cfg.lamda, cfg.k, cfg.n) == (full.data_name, full.lamda, full.k, full.n)
+    assert cfg.out != full.out and cfg.record_folder == Path("records/study/dcrec")
+    assert cfg.signal_seeds["sasrec"] == (0, 1, 2, 3, 4) and cfg.reference_row_seeds == ()
+    assert cfg.signal_strategies("sasrec") == ("dealrec", "random", "influence")
+    assert cfg.signal_strategies("llm") == ("dealrec",) and cfg.signals == ("sasrec",)
+    if not (REPO / "data" / "games").is_dir():
+        pytest.skip("data/games is absent")
+    planned = Study(StudyConfig.from_preset("dcrec", data_dir=str(REPO / "data"))).planned()
+    count = {s: sum(1 for sig, _, _ in planned if sig == s) for s in ("llm", "sasrec", "tiger")}
+    assert count == {"llm": 3, "sasrec": 3 * 5, "tiger": 0}
+
+
 def test_microlens_preset_plans_the_paper_settings_and_three_llm_and_tiger_strategies():
     """MicroLens-50K at λ 1.0, k 50: the LLM and TIGER signals for dealrec, dealrec-stable and
     random only, every strategy for SASRec."""

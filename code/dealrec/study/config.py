@@ -69,6 +69,7 @@ SETTINGS: tuple[StudySetting, ...] = (
     StudySetting("lamda", ("prune.select.lamda",)),
     StudySetting("k", ("prune.select.k",)),
     StudySetting("hard_prune", ("prune.select.hard_prune",)),
+    StudySetting("surrogate", ("prune.surrogate.name",), note="the surrogate behind the influence scores"),
     StudySetting("prune_seed", _SEEDS, note="the pruning scores' seed (computed once)"),
     StudySetting("surrogate_epochs", ("prune.surrogate.train.epochs",)),
     StudySetting("recursion_depth", ("prune.influence.recursion_depth",)),
