@@ -75,11 +75,18 @@ class Objective:
         split: bool = True, overhead: float = DEFAULT_BUCKET_OVERHEAD,
     ) -> torch.Tensor:
         """The training loss of a batch: mean over all its target positions (``split``: computed as
-        exact length buckets, :func:`~dealrec.surrogate.loss.split_batch_loss`)."""
+        exact length buckets, :func:`~dealrec.surrogate.loss.split_batch_loss`), each part by
+        :meth:`batch_terms`."""
+        terms = self.batch_terms(model)
         if split:
-            return split_batch_loss(model, input_ids, target_pos, target_neg, overhead, terms=self.loss_terms)
-        sums, counts = self.loss_terms(model, input_ids, target_pos, target_neg)
+            return split_batch_loss(model, input_ids, target_pos, target_neg, overhead, terms=terms)
+        sums, counts = terms(model, input_ids, target_pos, target_neg)
         return sums.sum() / counts.sum().clamp(min=1)
+
+    def batch_terms(self, model: nn.Module) -> LossTerms:
+        """The loss terms that every part of one training batch reads (:attr:`loss_terms`; DCRec:
+        with the batch's item graph views)."""
+        return self.loss_terms
 
     def error_norms(
         self, model: nn.Module, input_ids: torch.Tensor, target_pos: torch.Tensor, target_neg: torch.Tensor | None
@@ -185,19 +192,12 @@ class DCRecObjective(Objective):
     def loss_terms(self) -> LossTerms:
         return dcrec_loss_terms
 
-    def batch_loss(
-        self, model: nn.Module, input_ids: torch.Tensor, target_pos: torch.Tensor, target_neg: torch.Tensor | None,
-        split: bool = True, overhead: float = DEFAULT_BUCKET_OVERHEAD,
-    ) -> torch.Tensor:
-        """The training loss of a batch, with the item graph views computed once for the whole
-        batch and read by each of its length buckets: as the authors, one GCN pass (in training,
-        one dropout draw of the graphs) per batch, and the GCNs over all items, whose cost does
-        not depend on the bucket's size, are not repeated per bucket."""
-        terms = functools.partial(dcrec_loss_terms, views=model.graph_views())
-        if split:
-            return split_batch_loss(model, input_ids, target_pos, target_neg, overhead, terms=terms)
-        sums, counts = terms(model, input_ids, target_pos, target_neg)
-        return sums.sum() / counts.sum().clamp(min=1)
+    def batch_terms(self, model: nn.Module) -> LossTerms:
+        """The loss terms with the item graph views computed once for the whole batch and read by
+        each of its length buckets: as the authors, one GCN pass (in training, one dropout draw of
+        the graphs) per batch, and the GCNs over all items, whose cost does not depend on the
+        bucket's size, are not repeated per bucket."""
+        return functools.partial(dcrec_loss_terms, views=model.graph_views())
 
     def error_norms(self, model, input_ids, target_pos, target_neg=None) -> torch.Tensor:  # noqa: ANN001
         """EL2N of the cross-entropy part (the fused state's softmax over all items)."""
