@@ -9,6 +9,10 @@ ratio, the gradient agreement of both paths with dropout off, negative sampling 
 fast, identical draws), full-ranking evaluation (padded vs trimmed), and the bucket-overhead
 sweep. ``--epochs20``: 20 epochs with 4 evaluations of the new trainer on all users, and the
 validation Recall@20 (the accuracy check). ``--compile``: the split step under torch.compile.
+``--dcrec_views``: DCRec's training step with the item graph views computed once per batch
+(:meth:`DCRecObjective.batch_terms`) against once per length bucket (the per-sample loss's own
+views), alternating batch by batch on one model, and their loss and gradient agreement with graph
+dropout off.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 
 from dealrec.core.hardware import describe
 from dealrec.data.dataset import load_dataset
-from dealrec.surrogate import SurrogateConfig, build_surrogate
+from dealrec.surrogate import DCREC, SurrogateConfig, build_surrogate
+from dealrec.surrogate.dcrec_loss import dcrec_loss_terms
 from dealrec.surrogate.loss import batch_loss, split_batch_loss
 from dealrec.surrogate.samples import build_samples, sample_negatives, sample_negatives_reference
 from dealrec.surrogate.trainer import eval_sets, evaluate, train_surrogate
@@ -45,6 +50,8 @@ def main() -> None:
     p.add_argument("--batching", default="split", help="paths for --epochs20: split,padded")
     p.add_argument("--only_epochs20", action="store_true", help="skip the per-step comparisons")
     p.add_argument("--compile", action="store_true", help="also time the split step under torch.compile")
+    p.add_argument("--dcrec_views", type=int, default=0, metavar="N",
+                   help="only time DCRec's step with graph views per batch vs per bucket on N batches each")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -52,8 +59,10 @@ def main() -> None:
     samples = build_samples(data.train, data.n_items)
     n_batches_epoch = -(-len(samples) // 500)
     rows: list[tuple[str, object, str]] = []
+    if a.dcrec_views:
+        rows = dcrec_views(data, samples, a.dcrec_views, n_batches_epoch)  # and nothing else
 
-    if not a.only_epochs20:
+    if not a.only_epochs20 and not a.dcrec_views:
         ref, t_ref = timed(sample_negatives_reference, samples, torch.Generator().manual_seed(0))
         neg, t_new = timed(sample_negatives, samples, torch.Generator().manual_seed(0))
         rows += [("negatives for all users, reference / fast", f"{t_ref:.2f} / {t_new:.2f}", "s"),
@@ -123,7 +132,7 @@ def main() -> None:
                   f"{t_pad:.2f} / {t_trim:.2f}", "s"),
                  ("  same Recall@5/10/20/50", str(r_pad["Recall"] == r_trim["Recall"]), "")]
 
-    if a.epochs20 or a.only_epochs20:
+    if (a.epochs20 or a.only_epochs20) and not a.dcrec_views:
         for seed in [int(s) for s in a.seeds.split(",")]:
             for batching in a.batching.split(","):
                 cfg = SurrogateConfig(epochs=20, eval_every=5, patience=0, seed=seed, batching=batching)
@@ -139,6 +148,54 @@ def main() -> None:
     for name, value, unit in rows:
         v = f"{value:.3g}" if isinstance(value, float) else str(value)
         print(f"{name:<70s} {v:>16s} {unit}")
+
+
+def dcrec_views(data, samples, n: int, n_batches_epoch: int) -> list[tuple[str, object, str]]:
+    """DCRec's forward + backward on ``n`` batches of 500 users per path, alternating: the graph
+    views once per batch (:meth:`DCRecObjective.batch_loss`) and once per length bucket
+    (:func:`split_batch_loss` with the per-sample loss, which computes its own views). The model
+    is not stepped, so both paths see the same weights; in training mode each draws its own graph
+    dropout. Agreement: loss and gradients of both paths in eval mode (no dropout)."""
+    model = build_surrogate("DCRec", data.n_items, SurrogateConfig())
+    DCREC.prepare(model, samples)
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(1))
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    def per_batch(ids, pos):
+        return DCREC.batch_loss(model, ids, pos, None)
+
+    def per_bucket(ids, pos):
+        return split_batch_loss(model, ids, pos, None, terms=dcrec_loss_terms)
+
+    model.eval()
+    i = order[:500]
+    loss_b = per_batch(samples.input_ids[i], samples.target_pos[i])
+    loss_k = per_bucket(samples.input_ids[i], samples.target_pos[i])
+    g_b = torch.autograd.grad(loss_b, params, allow_unused=True)
+    g_k = torch.autograd.grad(loss_k, params, allow_unused=True)
+    worst = max(float((x - y).norm() / x.norm().clamp(min=1e-30)) for x, y in zip(g_b, g_k)
+                if x is not None and x.norm() > 1e-9)
+    model.train()
+    times = {per_batch: [], per_bucket: []}
+    for b in range(n + 1):  # batch 0 warms both paths up
+        i = order[(b + 1) * 500:(b + 2) * 500]
+        for fn in (per_batch, per_bucket) if b % 2 else (per_bucket, per_batch):
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            fn(samples.input_ids[i], samples.target_pos[i]).backward()
+            if b:
+                times[fn].append(time.perf_counter() - t)
+    t_b, t_k = (sorted(times[f])[len(times[f]) // 2] for f in (per_batch, per_bucket))
+    return [
+        ("DCRec batch loss, eval mode: relative difference of the two paths",
+         f"{abs((loss_b - loss_k).item()) / loss_k.item():.1e}", ""),
+        ("  gradient: max relative L2 difference", f"{worst:.2e}", ""),
+        (f"DCRec step (forward + backward), graph views per bucket; median of {n}", t_k, "s"),
+        ("DCRec step, graph views once per batch", t_b, "s"),
+        ("  speed-up", t_k / t_b, "x"),
+        (f"  epoch at that step time ({n_batches_epoch} batches), per bucket / per batch",
+         f"{t_k * n_batches_epoch:.0f} / {t_b * n_batches_epoch:.0f}", "s"),
+    ]
 
 
 if __name__ == "__main__":
