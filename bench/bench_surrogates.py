@@ -1,4 +1,4 @@
-"""SASRec, BERT4Rec and GRU4Rec as DEALRec's surrogate, on Games: does the surrogate change what
+"""SASRec, BERT4Rec, GRU4Rec and DCRec as DEALRec's surrogate, on Games: does the surrogate change what
 DEALRec selects, and does it matter?
 
     # the effort of the first 1,024 users (one file for every surrogate; 906 s here):
@@ -67,6 +67,8 @@ from dealrec.surrogate import surrogate_spec  # noqa: E402
 from dealrec.surrogate.trainer import eval_sets  # noqa: E402
 
 KS = (10, 20)
+# The report's name of each objective (Objective.key()["objective"]; None: the next-item BCE).
+OBJECTIVE_LABELS = {"cloze": "cloze, full softmax", "dcrec": "fused views, full softmax + debiased contrastive"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.add_argument
     a("--data_dir", default=str(REPO / "data"))
     a("--data_name", default="games")
-    a("--surrogates", nargs="+", default=["SASRec", "BERT4Rec", "GRU4Rec"])
+    a("--surrogates", nargs="+", default=["SASRec", "BERT4Rec", "GRU4Rec", "DCRec"])
     a("--max_users", type=int, default=None, help="the first N users only (a quick check of the script)")
     a("--epochs", type=int, default=20)
     a("--eval_every", type=int, default=5)
@@ -143,7 +145,9 @@ def interleaved_timing(args, data, reps: int = 3, batches: int = 20) -> dict:
         model = build_surrogate(name, data.n_items, cfg).train()
         obj = objective_of(model)
         gen = torch.Generator().manual_seed(0)
-        drawn, neg = obj.draw(obj.build_samples(data.train, data.n_items, cfg.max_seq_length), gen)
+        samples = obj.build_samples(data.train, data.n_items, cfg.max_seq_length)
+        obj.prepare(model, samples)  # DCRec: its item graphs
+        drawn, neg = obj.draw(samples, gen)
         order = torch.randperm(len(drawn), generator=gen)
         setups[name] = (cfg, model, obj, drawn, neg, order, torch.optim.Adam(model.parameters(), lr=cfg.lr))
     per_batch = {n: [] for n in setups}
@@ -327,7 +331,8 @@ def report(args, acc: dict, pop: dict, timing: dict, agree: dict, sig: dict | No
              "| s / epoch in its run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in acc.items():
-        obj = "cloze, full softmax" if "cloze" in str(r["objective"]) else "next item, BCE"
+        kind = r["objective"].get("objective") if isinstance(r["objective"], dict) else None
+        obj = OBJECTIVE_LABELS.get(kind, "next item, BCE")
         t = r.get("interleaved", {})
         lines.append(f"| {name} | {obj} | {r['Recall@10']:.4f} | {r['Recall@20']:.4f} | {r['NDCG@10']:.4f} | "
                      f"{r['NDCG@20']:.4f} | {r['best_epoch']} | {t.get('seconds_per_epoch', float('nan')):.1f} | "
