@@ -40,6 +40,19 @@ def timed(fn, *args, **kw):
     return out, time.perf_counter() - t
 
 
+def max_relative_difference(ga, gb) -> float:
+    """max over tensors of ‖a − b‖ / ‖a‖ (tensors with ‖a‖ ≤ 1e-9, or no gradient, left out)."""
+    return max(float((x - y).norm() / x.norm().clamp(min=1e-30)) for x, y in zip(ga, gb)
+               if x is not None and x.norm() > 1e-9)
+
+
+def print_rows(rows: list[tuple[str, object, str]]) -> None:
+    print(f"\n{describe()}")
+    for name, value, unit in rows:
+        v = f"{value:.3g}" if isinstance(value, float) else str(value)
+        print(f"{name:<70s} {v:>16s} {unit}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data_dir", default=str(REPO / "data"))
@@ -59,10 +72,11 @@ def main() -> None:
     samples = build_samples(data.train, data.n_items)
     n_batches_epoch = -(-len(samples) // 500)
     rows: list[tuple[str, object, str]] = []
-    if a.dcrec_views:
-        rows = dcrec_views(data, samples, a.dcrec_views, n_batches_epoch)  # and nothing else
+    if a.dcrec_views:  # this comparison alone
+        print_rows(dcrec_views(data, samples, a.dcrec_views, n_batches_epoch))
+        return
 
-    if not a.only_epochs20 and not a.dcrec_views:
+    if not a.only_epochs20:
         ref, t_ref = timed(sample_negatives_reference, samples, torch.Generator().manual_seed(0))
         neg, t_new = timed(sample_negatives, samples, torch.Generator().manual_seed(0))
         rows += [("negatives for all users, reference / fast", f"{t_ref:.2f} / {t_new:.2f}", "s"),
@@ -76,8 +90,7 @@ def main() -> None:
         params = list(model.parameters())
         g_pad = torch.autograd.grad(batch_loss(model, *batch), params)
         g_split = torch.autograd.grad(split_batch_loss(model, *batch), params)
-        worst = max(float((a_ - b_).norm() / a_.norm().clamp(min=1e-30)) for a_, b_ in zip(g_pad, g_split)
-                    if a_.norm() > 1e-9)
+        worst = max_relative_difference(g_pad, g_split)
         rows.append(("gradient, split vs padded batch: max relative L2 difference", f"{worst:.2e}", ""))
 
         def epoch_time(step, n: int) -> float:
@@ -132,7 +145,7 @@ def main() -> None:
                   f"{t_pad:.2f} / {t_trim:.2f}", "s"),
                  ("  same Recall@5/10/20/50", str(r_pad["Recall"] == r_trim["Recall"]), "")]
 
-    if (a.epochs20 or a.only_epochs20) and not a.dcrec_views:
+    if a.epochs20 or a.only_epochs20:
         for seed in [int(s) for s in a.seeds.split(",")]:
             for batching in a.batching.split(","):
                 cfg = SurrogateConfig(epochs=20, eval_every=5, patience=0, seed=seed, batching=batching)
@@ -144,10 +157,7 @@ def main() -> None:
                 rows.append(("  best epoch; test Recall@20", f"{res.best_epoch}; {res.test['Recall'][2]:.4f}", ""))
                 print(*rows[-3:], sep="\n", flush=True)
 
-    print(f"\n{describe()}")
-    for name, value, unit in rows:
-        v = f"{value:.3g}" if isinstance(value, float) else str(value)
-        print(f"{name:<70s} {v:>16s} {unit}")
+    print_rows(rows)
 
 
 def dcrec_views(data, samples, n: int, n_batches_epoch: int) -> list[tuple[str, object, str]]:
@@ -173,8 +183,7 @@ def dcrec_views(data, samples, n: int, n_batches_epoch: int) -> list[tuple[str, 
     loss_k = per_bucket(samples.input_ids[i], samples.target_pos[i])
     g_b = torch.autograd.grad(loss_b, params, allow_unused=True)
     g_k = torch.autograd.grad(loss_k, params, allow_unused=True)
-    worst = max(float((x - y).norm() / x.norm().clamp(min=1e-30)) for x, y in zip(g_b, g_k)
-                if x is not None and x.norm() > 1e-9)
+    worst = max_relative_difference(g_b, g_k)
     model.train()
     times = {per_batch: [], per_bucket: []}
     for b in range(n + 1):  # batch 0 warms both paths up
