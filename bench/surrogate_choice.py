@@ -88,6 +88,11 @@ def signal_values(records: Records, signal: str, strategy: str, seeds, k: int) -
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for flag in ("a", "b", "a_scores", "b_scores"):
+        path = Path(getattr(args, flag))
+        if not (path.is_dir() if flag in ("a", "b") else path.is_file()):
+            raise SystemExit(f"--{flag}: {path} does not exist (a study record folder for --a/--b, "
+                             "an influence score file for --a_scores/--b_scores)")
     ra, rb = Records(args.a), Records(args.b)
     names = (args.a_name, args.b_name)
     data = load_dataset(args.data_dir, args.data_name)
