@@ -1,7 +1,7 @@
 """SASRec, BERT4Rec, GRU4Rec and DCRec as DEALRec's surrogate, on Games: does the surrogate change what
 DEALRec selects, and does it matter?
 
-    # the effort of the first 1,024 users (one file for every surrogate; 906 s here):
+    # the effort of the first 1,024 users (one file for every surrogate; 4–15 min on one CPU thread):
     cd code/prune && python prune.py --stage effort --max_users 1024 --cutoff_len 256 \
         --effort_precision bf16 --score_dir ../../results/surrogates/effort_first1024 && cd ../..
     OMP_NUM_THREADS=1 python bench/bench_surrogates.py \
