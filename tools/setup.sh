@@ -159,7 +159,7 @@ if [[ -f "$model_dir/config.json" && -f "$model_dir/model.safetensors" ]]; then
     say "embedded model ready ($model_dir)"
 else
     say "converting the embedded model to safetensors (once, ~30 s)"
-    TQDM_DISABLE=1 "$PY" -c "from dealrec.llm import embedded_model_dir; print('setup: embedded model at', embedded_model_dir())"
+    TQDM_DISABLE=1 "$PY" -c "from dealrec.llm.model import embedded_model_dir; print('setup: embedded model at', embedded_model_dir())"
 fi
 
 if [[ "$env_fresh" == 0 ]]; then
