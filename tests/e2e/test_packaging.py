@@ -141,8 +141,7 @@ def test_setup_pins_the_cpu_torch_only_without_a_gpu():
 
 def _shell_texts() -> dict[str, str]:
     """The shell scripts and Makefile that run Python one-liners against the package."""
-    files = [REPO / "Makefile", *REPO.glob("tools/*.sh"), *REPO.glob("bench/*.sh"), *REPO.glob("code/*/*.sh"),
-             *REPO.glob("code/*/*/*.sh")]
+    files = [REPO / "Makefile", *REPO.glob("tools/*.sh"), *REPO.glob("bench/*.sh"), *REPO.glob("code/**/*.sh")]
     return {str(f.relative_to(REPO)): f.read_text() for f in files}
 
 
