@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dealrec.core import faults
 from dealrec.core.logs import LOG, Timer
 from dealrec.core.resume import load_state, save_state
+from dealrec.core.seeds import deterministic_algorithms
 from dealrec.data.dataset import RecData
 from dealrec.metrics import DEFAULT_KS, hit_ranks, topk_from_scores, topk_metrics
 from dealrec.surrogate.objective import objective_of, trim_exact
@@ -217,6 +218,7 @@ def _validate(model: torch.nn.Module, valid: EvalInputs, cfg: SurrogateConfig, d
             p.stopped = True
 
 
+@deterministic_algorithms()
 def train_surrogate(
     model: torch.nn.Module, data: RecData, cfg: SurrogateConfig, device="cpu", train_users: list[int] | None = None,
     resume: str | os.PathLike | None = None, resume_key: str = "",

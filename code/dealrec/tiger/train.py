@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dealrec.core import faults
 from dealrec.core.logs import LOG
 from dealrec.core.resume import load_state, save_state
+from dealrec.core.seeds import deterministic_algorithms
 from dealrec.tiger.model import history_inputs
 
 Example = tuple[Sequence[int], int]  # (history item ids, next item id)
@@ -138,6 +139,7 @@ def _after_epoch(model: Any, p: Progress, epoch: int, valid_loss: float, patienc
     p.stopped = p.since >= patience
 
 
+@deterministic_algorithms()
 def train_model(model: Any, train: Sequence[Example], valid: Sequence[Example], item_tokens: torch.Tensor,
                 max_history: int, cfg: TrainConfig, seed: int = 0, progress: bool = True,
                 resume: str | os.PathLike | None = None, resume_key: str = "") -> TrainResult:
