@@ -33,7 +33,9 @@ def seed_everything(seed: int) -> None:
 def deterministic_algorithms() -> Iterator[None]:
     """Run the block with ``torch.use_deterministic_algorithms(True)``, restoring the caller's
     setting after it. ``warn_only``: an operation with no deterministic kernel (some CUDA ones)
-    warns instead of failing, since a run that is not bit-reproducible on a GPU is still valid."""
+    warns instead of failing, since a run that is not bit-reproducible on a GPU is still valid; on
+    CUDA, reproducible matrix products also need ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the
+    environment before the process starts."""
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
