@@ -162,7 +162,7 @@ def fewshot(data_dir, base_model, tmp_path_factory):
 def ft_args(fs: Path, base_model: str, out: Path) -> list[str]:
     return ["--base_model", base_model, "--train_data_path", str(fs / "train" / "train-8.json"),
             "--val_data_path", str(fs / "valid" / "valid-8.json"), "--output_dir", str(out / "adapter"),
-            "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "3", "--eval_steps", "2",
+            "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "4", "--eval_steps", "2",
             "--val_set_size", "2", "--warmup_steps", "1", "--learning_rate", "3e-3", "--cutoff_len", "96",
             "--logging_steps", "1"]
 
@@ -188,8 +188,9 @@ def test_finetune_generate_ground_killed(data_dir, base_model, fewshot, tmp_path
     ok(run("inference.py", inf_args(fewshot, base_model, ref), env=env_ref))
     ok(run("evaluate.py", ev_args(data_dir, base_model, ref), env=env_ref))
 
-    # LoRA: 3 optimiser steps, killed after step 1 or 2, then started again (a clean restart)
-    point = kill_point("finetune", 1, 2)
+    # LoRA: 4 optimiser steps, a checkpoint after step 2; killed after step 1 or 2 (the rerun starts
+    # again) or 3 (the rerun resumes from checkpoint-2)
+    point = kill_point("finetune", 1, 3)
     killed(run("finetune.py", ft_args(fewshot, base_model, out), env=base_env(**env, DEALREC_FAULT_AFTER=point)),
            point)
     assert not (out / "adapter" / "finetune_manifest.json").exists()
@@ -198,6 +199,7 @@ def test_finetune_generate_ground_killed(data_dir, base_model, fewshot, tmp_path
     proc = run("finetune.py", ft_args(fewshot, base_model, out), env=base_env(**env))
     ok(proc)
     assert "stale lock of" in proc.stderr
+    assert ("resuming the interrupted run from" in proc.stderr) == point.endswith(":3"), proc.stderr[-2000:]
     a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(ref / "adapter" / "adapter_model.safetensors")
     same_state(a, b)
     points = [point]

@@ -125,6 +125,49 @@ def test_evaluation_early_stopping_and_best_model(files):
     assert (Path(cfg.output_dir) / "adapter_config.json").is_file()
 
 
+def test_interrupted_run_resumes_to_the_same_adapter(files, monkeypatch):
+    """Ctrl-C after step 3 of 4 (checkpoint at step 2, mid-epoch, dropout on): the rerun resumes from
+    checkpoint-2 and ends with the adapter, the evaluations and the step count of an uninterrupted run."""
+    from dealrec.core import faults
+    from dealrec.llm.resume import RUN_FILE, complete_checkpoints
+
+    tmp, _ = files
+    common = dict(train_file=str(tmp / "train.json"), val_file=str(tmp / "valid.json"), batch_size=1,
+                  micro_batch_size=1, max_steps=4, eval_steps=2, warmup_steps=1, learning_rate=3e-3,
+                  cutoff_len=CUTOFF, logging_steps=1, seed=0)
+    ref = train(FinetuneConfig(output_dir=str(tmp / "uninterrupted"), **common))
+    cfg = FinetuneConfig(output_dir=str(tmp / "interrupted"), **common)
+    steps = []
+
+    def ctrl_c_at_step_3(stage: str) -> None:
+        steps.append(stage)
+        if steps.count("finetune") == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "step", ctrl_c_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    ckpts = Path(cfg.output_dir) / "checkpoints"
+    assert [p.name for p in complete_checkpoints(ckpts)] == ["checkpoint-2"] and not is_done(cfg)
+    seconds = read_json(ckpts / RUN_FILE)["seconds"]
+    assert seconds.keys() == {"2"} and seconds["2"] > 0
+
+    res = train(cfg)
+    m = res.manifest
+    assert m["resumed"] == {"from_step": 2, "seconds_before": seconds["2"]} and ref.manifest["resumed"] is None
+    assert m["seconds"] > seconds["2"]
+    assert m["global_step"] == ref.manifest["global_step"] == 4
+    evals = [[h["eval_loss"] for h in r.manifest["log_history"] if "eval_loss" in h] for r in (res, ref)]
+    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], abs=1e-6)
+    wa = load_file(str(Path(res.output_dir) / "adapter_model.safetensors"))
+    wb = load_file(str(Path(ref.output_dir) / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0)
+    assert not ckpts.exists()
+
+
 def test_bad_warm_start_adapter(files, tmp_path):
     tmp, _ = files
     bad = tmp_path / "warm"

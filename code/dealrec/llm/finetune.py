@@ -9,9 +9,10 @@ alpaca-lora adapter (``resume_from_checkpoint``).
 Differences: fp32 on the CPU, bf16 (or fp16) on GPUs, 8/4-bit only on request
 (``prepare_model_for_kbit_training``); batches are padded on the right (positions then start
 at 0 for every example); an empty validation set switches evaluation and early stopping off.
-The Hugging Face Trainer writes its checkpoints to ``output_dir/checkpoints``; the final
-(best) adapter is written to ``output_dir`` only at the end, the manifest
-``output_dir/finetune_manifest.json`` last, so a folder with a manifest is complete.
+The Hugging Face Trainer writes its checkpoints to ``output_dir/checkpoints``, and a killed or
+interrupted run resumes from the last of them (:mod:`dealrec.llm.resume`); the final (best) adapter
+is written to ``output_dir`` only at the end, the manifest ``output_dir/finetune_manifest.json``
+last, so a folder with a manifest is complete.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from dealrec.llm.model import (
     load_tokenizer,
     lora_config,
 )
+from dealrec.llm.resume import resume_point, seconds_at_save
 
 MANIFEST = "finetune_manifest.json"
 # Settings that change no number of the adapter (paths, logging; loss_positions: the same loss
@@ -270,7 +272,7 @@ def train(cfg: FinetuneConfig) -> FinetuneResult:
 
     Inputs are checked first (:meth:`FinetuneConfig.validate`), then ``output_dir`` must be writable
     and not in use by another run (a lock beside it); a run killed before its manifest was written
-    restarts from scratch (same seed, same adapter)."""
+    resumes from its last checkpoint, or starts again before the first (the same adapter either way)."""
     cfg.validate()
     if int(os.environ.get("RANK", 0)) != 0:
         return _train(cfg)
@@ -422,15 +424,6 @@ def _callbacks(cfg: FinetuneConfig, has_eval: bool) -> list[Any]:
     return callbacks
 
 
-def _remove_interrupted_checkpoints(out: Path, local_rank: int) -> None:
-    """Delete the Trainer checkpoints that a killed run left in ``out/checkpoints``: this run starts
-    afresh, so they must not become its "best" checkpoint."""
-    if local_rank == 0 and (trainer_checkpoints := sorted((out / "checkpoints").glob("checkpoint-*"))):
-        LOG.info("removing %d checkpoint(s) of an interrupted run in %s", len(trainer_checkpoints), out / "checkpoints")
-        for c in trainer_checkpoints:
-            shutil.rmtree(c, ignore_errors=True)
-
-
 def _use_labelled_head(cfg: FinetuneConfig, model: Any, collator: Any, train_ds: TokenizedDataset,
                        device: torch.device) -> bool:
     """Whether the LM head runs on the labelled positions only (``--loss_positions labelled``).
@@ -505,7 +498,8 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
 
     args = _training_args(cfg, run, out, has_eval, eval_steps)
     callbacks = _callbacks(cfg, has_eval)
-    _remove_interrupted_checkpoints(out, run.local_rank)
+    start = resume_point(out / "checkpoints", cache_key(key), cfg.overwrite, run.local_rank == 0)
+    callbacks.append(seconds_at_save(out / "checkpoints", start))
     collator = DataCollatorForSeq2Seq(
         tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=-100
     )
@@ -519,10 +513,15 @@ def _train(cfg: FinetuneConfig) -> FinetuneResult:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if start.checkpoint:
+        LOG.info("resuming the interrupted run from %s (step %d, %.0f s trained before)",
+                 start.checkpoint, start.step, start.seconds)
     with Timer() as t, labelled_head(model, labelled):
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=start.checkpoint)
     model = trainer.model
     model.eval()
-    manifest = _manifest(cfg, key, run, trainer, result, t.seconds, len(train_ds), len(val_ds or []), labelled)
-    _save_run(cfg, out, trainer, model, manifest, t.seconds)
+    seconds = start.seconds + t.seconds
+    manifest = _manifest(cfg, key, run, trainer, result, seconds, len(train_ds), len(val_ds or []), labelled)
+    manifest["resumed"] = {"from_step": start.step, "seconds_before": start.seconds} if start.checkpoint else None
+    _save_run(cfg, out, trainer, model, manifest, seconds)
     return FinetuneResult(out, manifest, model, tokenizer)

@@ -95,8 +95,9 @@ def _llm_train_and_score(study: Study, strategy: str, seed: int, users: list[int
     ft = cfg.finetune_config(paths["train"], paths["valid"], run / "adapter", seed)
     if not is_done(ft):
         with Timer() as t:
-            finetune(ft)  # the returned model is dropped at once: generation loads the saved adapter
-        _timings(run, finetune=t.seconds)
+            # the returned model is dropped at once: generation loads the saved adapter
+            resumed = finetune(ft).manifest.get("resumed") or {}
+        _timings(run, finetune=t.seconds + resumed.get("seconds_before", 0.0))
     icfg = cfg.inference_config(study.test_file(), run / "result.json", run / "adapter")
     if not cached(icfg.result_file, icfg.key()):
         with Timer() as t:
