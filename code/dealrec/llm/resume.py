@@ -39,29 +39,24 @@ def _step(folder: Path) -> int | None:
     return int(tail) if folder.name.startswith(PREFIX) and tail.isdigit() else None
 
 
-def _read_run(folder: Path) -> dict[str, Any]:
+def _checkpoints(folder: Path) -> list[Path]:
+    """Every ``checkpoint-<step>`` folder in ``folder``, by step."""
+    return sorted((p for p in folder.glob(PREFIX + "*") if _step(p) is not None and p.is_dir()), key=_step)
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty where the file is missing, cut short or not an object."""
     try:
-        run = read_json(folder / RUN_FILE)
+        obj = read_json(path)
     except (OSError, ValueError):
         return {}
-    return run if isinstance(run, dict) else {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
     """The ``checkpoint-<step>`` folders in ``folder`` whose ``trainer_state.json`` reads and names
     their step (a save cut short lacks it or has it truncated), by step."""
-    found = []
-    for p in folder.glob(PREFIX + "*"):
-        step = _step(p)
-        if step is None or not p.is_dir():
-            continue
-        try:
-            state = read_json(p / "trainer_state.json")
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict) and state.get("global_step") == step:
-            found.append(p)
-    return sorted(found, key=_step)
+    return [p for p in _checkpoints(folder) if _json_dict(p / "trainer_state.json").get("global_step") == _step(p)]
 
 
 def _remove(checkpoints: list[Path], why: str) -> None:
@@ -78,8 +73,8 @@ def resume_point(folder: Path, key: str, overwrite: bool, main: bool) -> ResumeP
     beginning. On the main process (``main``) the checkpoints that will not be used are deleted (a
     stale "best" checkpoint must not be loaded at the end) and, when starting afresh, the key written.
     Every process reaches the same answer: the main process only deletes what no process resumes from."""
-    run = _read_run(folder)
-    every = [p for p in folder.glob(PREFIX + "*") if _step(p) is not None and p.is_dir()]
+    run = _json_dict(folder / RUN_FILE)
+    every = _checkpoints(folder)
     if not overwrite and run.get("key") == key and (done := complete_checkpoints(folder)):
         last = done[-1]
         step = _step(last)
@@ -90,7 +85,7 @@ def resume_point(folder: Path, key: str, overwrite: bool, main: bool) -> ResumeP
     if main:
         why = ("of an interrupted run with other settings" if run.get("key") != key
                else "of an interrupted run (--overwrite)" if overwrite else "cut short while saving")
-        _remove(sorted(every, key=_step), why)
+        _remove(every, why)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RUN_FILE, {"key": key, "seconds": {}})
     return ResumePoint(None)
@@ -109,7 +104,7 @@ def seconds_at_save(folder: Path, start: ResumePoint) -> Any:
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
-                run = _read_run(folder)
+                run = _json_dict(folder / RUN_FILE)
                 run.setdefault("seconds", {})[str(state.global_step)] = round(
                     start.seconds + time.perf_counter() - self.t0, 1)
                 write_json(folder / RUN_FILE, run)
