@@ -56,7 +56,12 @@ def _json_dict(path: Path) -> dict[str, Any]:
 def complete_checkpoints(folder: Path) -> list[Path]:
     """The ``checkpoint-<step>`` folders in ``folder`` whose ``trainer_state.json`` reads and names
     their step (a save cut short lacks it or has it truncated), by step."""
-    return [p for p in _checkpoints(folder) if _json_dict(p / "trainer_state.json").get("global_step") == _step(p)]
+    return [p for p in _checkpoints(folder) if _is_complete(p)]
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """Whether ``checkpoint``'s ``trainer_state.json`` reads and names its step."""
+    return _json_dict(checkpoint / "trainer_state.json").get("global_step") == _step(checkpoint)
 
 
 def _remove(checkpoints: list[Path], why: str) -> None:
@@ -75,7 +80,7 @@ def resume_point(folder: Path, key: str, overwrite: bool, main: bool) -> ResumeP
     Every process reaches the same answer: the main process only deletes what no process resumes from."""
     run = _json_dict(folder / RUN_FILE)
     every = _checkpoints(folder)
-    if not overwrite and run.get("key") == key and (done := complete_checkpoints(folder)):
+    if not overwrite and run.get("key") == key and (done := [p for p in every if _is_complete(p)]):
         last = done[-1]
         step = _step(last)
         if main:
